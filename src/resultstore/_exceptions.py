@@ -1,0 +1,94 @@
+"""The error tree of resultstore.
+
+Every error raised on purpose by this package derives from :class:`ResultStoreError`, and also
+from the builtin exception a caller would naturally catch::
+
+    ResultStoreError
+     +-- ResultTimeout          (TimeoutError)     wait_for's own timeout expired
+     +-- StoreConnectionError   (ConnectionError)  Redis unreachable past reconnect_timeout
+     +-- ValueTooLargeError     (ValueError)       encoded value over max_value_size; not written
+     +-- StoreClosedError       (RuntimeError)     the store was used after aclose()
+     +-- PayloadDecodeError     (ValueError)       a stored payload is not valid result JSON
+     +-- TaskFailed             (Exception)        ResultMeta.unwrap() on FAILURE or REVOKED
+
+Invalid settings raise pydantic's ``ValidationError`` (itself a ``ValueError``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PayloadDecodeError",
+    "ResultStoreError",
+    "ResultTimeout",
+    "StoreClosedError",
+    "StoreConnectionError",
+    "TaskFailed",
+    "ValueTooLargeError",
+]
+
+
+class ResultStoreError(Exception):
+    """Root of every error resultstore raises on purpose."""
+
+
+class ResultTimeout(ResultStoreError, TimeoutError):
+    """``wait_for`` or ``as_completed`` reached its own ``timeout`` before the result was ready."""
+
+
+class StoreConnectionError(ResultStoreError, ConnectionError):
+    """Redis stayed unreachable for longer than ``reconnect_timeout``.
+
+    The store keeps reconnecting in the background; a later call succeeds once Redis is back.
+    """
+
+
+class ValueTooLargeError(ResultStoreError, ValueError):
+    """The encoded value is larger than ``max_value_size``; nothing was written."""
+
+
+class StoreClosedError(ResultStoreError, RuntimeError):
+    """The store was used after ``aclose()`` (or outside its ``async with`` block)."""
+
+
+class PayloadDecodeError(ResultStoreError, ValueError):
+    """A stored or published payload is not a valid result document.
+
+    Attributes:
+        task_id: the task whose payload could not be decoded.
+    """
+
+    def __init__(self, message: str, *, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class TaskFailed(ResultStoreError):
+    """The task ended in FAILURE or REVOKED; raised by ``ResultMeta.unwrap()``.
+
+    Attributes:
+        task_id: the task's id.
+        state: the task's final state (``FAILURE`` or ``REVOKED``).
+        exc_type: the remote exception's class name, for example ``"ValueError"``.
+        exc_module: the module the remote exception's class lives in (never imported).
+        exc_message: the remote exception's arguments.
+        traceback: the remote traceback text, when the worker stored one.
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        state: str,
+        *,
+        exc_type: str,
+        exc_module: str | None,
+        exc_message: tuple[object, ...],
+        traceback: str | None,
+    ) -> None:
+        shown = ", ".join(repr(a) for a in exc_message)
+        super().__init__(f"task {task_id} ended in {state}: {exc_type}({shown})")
+        self.task_id = task_id
+        self.state = state
+        self.exc_type = exc_type
+        self.exc_module = exc_module
+        self.exc_message = exc_message
+        self.traceback = traceback
