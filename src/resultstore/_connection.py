@@ -1,0 +1,207 @@
+"""Settings -> ``redis.asyncio`` clients: the command pool and the dedicated Pub/Sub connection.
+
+Two kinds of connection come out of here:
+
+* the command client, a ``redis.asyncio.Redis`` on a pool bounded by ``max_connections``
+  (TCP, TLS, Unix socket, or a Sentinel-managed master with plain or TLS data connections);
+* the Pub/Sub connection, one bare ``redis.asyncio.Connection`` outside that pool, opened on demand
+  by the multiplexer, with redis-py's retries switched off because the multiplexer owns reconnects.
+
+Both speak RESP2: it works on every Redis and Valkey version, and a RESP2 reader sees subscribe
+confirmations as plain replies (with RESP3 they are push messages that a bare read drops).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+
+from ._settings import StoreSettings, TLSSettings
+
+__all__ = ["Connector"]
+
+logger = logging.getLogger("resultstore")
+
+_PROTOCOL = 2
+
+
+def _tls_kwargs(tls: TLSSettings) -> dict[str, Any]:
+    return {
+        "ssl_cert_reqs": tls.cert_reqs,
+        "ssl_ca_certs": tls.ca_certs,
+        "ssl_certfile": tls.certfile,
+        "ssl_keyfile": tls.keyfile,
+        "ssl_check_hostname": tls.verify_hostname,
+    }
+
+
+class Connector:
+    """Builds every Redis connection one store uses, from one :class:`StoreSettings`.
+
+    Construction does no I/O; it logs the settings' TLS warnings (unverified certificates), once per
+    connector, so once each time a store is built.
+    """
+
+    def __init__(self, settings: StoreSettings) -> None:
+        if settings.is_memory:
+            raise ValueError("memory:// settings have no Redis connection; use the memory backend")
+        self._settings = settings
+        self._client: Redis | None = None
+        self._sentinel: Sentinel | None = None
+        for message in settings.security_warnings():
+            logger.warning(message)
+
+    @property
+    def settings(self) -> StoreSettings:
+        """The settings this connector was built from."""
+        return self._settings
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        s = self._settings
+        kwargs: dict[str, Any] = {
+            "db": s.db or 0,
+            "username": s.username,
+            "password": s.password.get_secret_value() if s.password else None,
+            "socket_timeout": s.socket_timeout,
+            "socket_connect_timeout": s.socket_connect_timeout,
+            "socket_keepalive": s.socket_keepalive,
+            "retry_on_timeout": s.retry_on_timeout,
+            "health_check_interval": s.health_check_interval,
+            "client_name": s.client_name,
+            "protocol": _PROTOCOL,
+        }
+        if s.ssl is not None:
+            kwargs.update(_tls_kwargs(s.ssl))
+        return kwargs
+
+    def _get_sentinel(self) -> Sentinel:
+        if self._sentinel is None:
+            s = self._settings
+            sk = s.sentinel_kwargs
+            sentinel_kwargs: dict[str, Any] = {
+                "username": sk.username,
+                "password": sk.password.get_secret_value() if sk.password else None,
+                "socket_timeout": (
+                    sk.socket_timeout if sk.socket_timeout is not None else s.socket_timeout
+                ),
+                "socket_connect_timeout": (
+                    sk.socket_connect_timeout
+                    if sk.socket_connect_timeout is not None
+                    else s.socket_connect_timeout
+                ),
+                "socket_keepalive": s.socket_keepalive,
+                "protocol": _PROTOCOL,
+            }
+            if sk.ssl is not None:
+                sentinel_kwargs.update(ssl=True, **_tls_kwargs(sk.ssl))
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(s.target.hosts),
+                min_other_sentinels=s.min_other_sentinels,
+                sentinel_kwargs=sentinel_kwargs,
+            )
+        return self._sentinel
+
+    def command_client(self) -> Redis:
+        """The command client (built once, no I/O): a pool of at most ``max_connections``."""
+        if self._client is None:
+            self._client = self._build_command_client()
+        return self._client
+
+    def _build_command_client(self) -> Redis:
+        s = self._settings
+        target = s.target
+        kwargs = self._connection_kwargs()
+        if target.kind == "sentinel":
+            assert s.master_name is not None  # the settings guarantee it
+            client: Redis = self._get_sentinel().master_for(
+                s.master_name,
+                connection_pool_class=SentinelConnectionPool,
+                max_connections=s.max_connections,
+                ssl=s.ssl is not None,
+                **kwargs,
+            )
+            return client
+        pool_kwargs: dict[str, Any] = {"max_connections": s.max_connections, **kwargs}
+        if target.kind == "unix":
+            pool = ConnectionPool(
+                connection_class=UnixDomainSocketConnection, path=target.path, **pool_kwargs
+            )
+        else:
+            host, port = target.hosts[0]
+            cls = SSLConnection if target.kind == "tls" else Connection
+            pool = ConnectionPool(connection_class=cls, host=host, port=port, **pool_kwargs)
+        return Redis(connection_pool=pool)
+
+    async def open_pubsub(self) -> AbstractConnection:
+        """Open and return a new, connected Pub/Sub connection (RESP2, no hidden retries).
+
+        Reads on it never time out (the multiplexer's liveness ping bounds them). For Sentinel the
+        current master is asked of the sentinels on every call, so a reconnect follows a failover.
+
+        Raises:
+            redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError: as redis-py
+            raises them; the multiplexer translates them.
+        """
+        s = self._settings
+        target = s.target
+        kwargs = self._connection_kwargs()
+        kwargs.update(
+            socket_timeout=None,
+            socket_connect_timeout=s.socket_connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        conn: AbstractConnection
+        if target.kind == "unix":
+            conn = UnixDomainSocketConnection(path=target.path or "", **kwargs)
+        else:
+            if target.kind == "sentinel":
+                assert s.master_name is not None
+                host, port = await self._get_sentinel().discover_master(s.master_name)
+            else:
+                host, port = target.hosts[0]
+            use_tls = target.kind == "tls" or (target.kind == "sentinel" and s.ssl is not None)
+            cls = SSLConnection if use_tls else Connection
+            conn = cls(host=host, port=int(port), **kwargs)
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            await conn.disconnect()
+            raise
+        return conn
+
+    async def aclose(self) -> None:
+        """Close the command pool and the sentinel clients. Idempotent."""
+        client, self._client = self._client, None
+        sentinel, self._sentinel = self._sentinel, None
+        try:
+            if client is not None:
+                await client.aclose()
+        finally:
+            if sentinel is not None:
+                await sentinel.aclose()
+
+    def describe(self) -> str:
+        """A short, secret-free description of the target, for ``repr`` and errors."""
+        s = self._settings
+        target = s.target
+        if target.kind == "unix":
+            return f"unix {target.path}"
+        nodes = ",".join(f"{h}:{p}" for h, p in target.hosts)
+        if target.kind == "sentinel":
+            tls = " tls" if s.ssl is not None else ""
+            return f"sentinel {s.master_name}@{nodes}{tls}"
+        return f"{target.kind} {nodes}"
