@@ -1,0 +1,354 @@
+"""The Pub/Sub owner: one connection, every task channel, reconnects and liveness.
+
+One multiplexer serves one store. It runs as one long-lived task (``run``) in the store's task
+group; while connected, that task writes every (un)subscribe and PING, and one reader task reads
+every reply. The invariants (ARCHITECTURE.md section 4) and where each one lives:
+
+1. subscribe -> confirmation -> check: a channel becomes SUBSCRIBED only when the server's
+   confirmation is read, and only then is its key read (``_confirmed_sub`` -> ``_to_check``).
+2. one subscription per channel, reference-counted: the registry calls ``_on_join``/``_on_leave``
+   on the first and last interest, and ``_flush`` reconciles wanted vs. server state.
+3. batching: registrations mark channels dirty and wake the owner, which flushes all of a loop
+   tick's changes as one SUBSCRIBE and one UNSUBSCRIBE.
+4. one reader (``_read_loop``); the owner alone writes.
+5. reconnect with jittered backoff; on a new connection every live channel is dirty again
+   (batched resubscribe) and every confirmation is followed by a chunked MGET check.
+6. liveness: a PING when nothing was read for ``ping_interval``; no reply in ``ping_timeout``
+   drops the connection.
+7. ``reconnect_timeout``: while down, channels older than that (counted from the outage start)
+   fail with StoreConnectionError; the owner keeps trying.
+8. malformed payloads fail only their channel (the registry decodes per channel).
+9. non-ready states reach watchers only (the registry's delivery rules).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import anyio
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
+from ._connection import Connector
+from ._exceptions import ResultStoreError, StoreConnectionError
+from ._waiters import Registry
+
+__all__ = ["Multiplexer"]
+
+logger = logging.getLogger("resultstore")
+
+Fetch = Callable[[list[bytes]], Awaitable[list[bytes | None]]]
+"""Reads many keys in one round trip (the backend's chunked MGET)."""
+
+_SUBSCRIBING: Final = 1
+_SUBSCRIBED: Final = 2
+_UNSUBSCRIBING: Final = 3
+_CHANNELS_PER_COMMAND: Final = 10_000
+_BACKOFF_BASE: Final = 0.05
+_BACKOFF_CAP: Final = 1.0
+_CLOSE_TIMEOUT: Final = 2.0
+# Errors that say the configuration is wrong, not that Redis is away: waiting will not help.
+_CONFIG_ERRORS: Final = (AuthenticationError, ssl.SSLError, FileNotFoundError, PermissionError)
+
+
+class _Lost(Exception):
+    """Why a connection was given up (internal)."""
+
+
+class Multiplexer:
+    """Owns the store's single Pub/Sub connection and fans messages out through a registry."""
+
+    def __init__(
+        self,
+        connector: Connector,
+        fetch: Fetch,
+        *,
+        ping_interval: float,
+        ping_timeout: float,
+        reconnect_timeout: float,
+        connect_timeout: float,
+        max_value_size: int,
+    ) -> None:
+        self._connector = connector
+        self._fetch = fetch
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._reconnect_timeout = reconnect_timeout
+        self._connect_timeout = connect_timeout
+        self.registry = Registry(self._on_join, self._on_leave, max_size=max_value_size)
+        self._server: dict[bytes, int] = {}
+        self._dirty: set[bytes] = set()
+        self._to_check: set[bytes] = set()
+        self._wake = asyncio.Event()
+        self._check_wake = asyncio.Event()
+        self._conn: AbstractConnection | None = None
+        self._dead: BaseException | None = None
+        self._last_read = 0.0
+        self._down_since: float | None = None
+        self._last_error = "not connected yet"
+        self.reconnects = 0
+        self.messages = 0
+        self._connections = 0
+
+    # -- registry hooks (called synchronously from wait_for / watch) ---------------------------
+
+    def _on_join(self, channel: bytes, new: bool) -> None:
+        if self._server.get(channel) == _SUBSCRIBED:
+            self._to_check.add(channel)
+            self._check_wake.set()
+        else:
+            self._dirty.add(channel)
+            self._wake.set()
+
+    def _on_leave(self, channel: bytes) -> None:
+        self._to_check.discard(channel)
+        if self._server.get(channel) == _SUBSCRIBED:
+            self._dirty.add(channel)
+            self._wake.set()
+
+    # -- statistics ------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether the Pub/Sub connection is up."""
+        return self._conn is not None
+
+    def subscribed(self) -> int:
+        """Channels the server has confirmed and not yet been asked to drop."""
+        return sum(1 for state in self._server.values() if state == _SUBSCRIBED)
+
+    # -- the owner task ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect when there is interest, serve, reconnect; until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._check_loop)
+            attempt = 0
+            while True:
+                await self._wait_for_interest()
+                loop = asyncio.get_running_loop()
+                if self._down_since is None:
+                    self._down_since = loop.time()
+                try:
+                    with anyio.fail_after(self._connect_timeout):
+                        conn = await self._connector.open_pubsub()
+                except (OSError, RedisError, TimeoutError) as exc:
+                    attempt += 1
+                    self._connect_failed(exc)
+                    await self._sleep_down(_backoff(attempt))
+                    continue
+                attempt = 0
+                if self._connections:
+                    self.reconnects += 1
+                self._connections += 1
+                self._down_since = None
+                try:
+                    reason = await self._serve(conn)
+                finally:
+                    self._conn = None
+                    self._server.clear()
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
+                        await conn.disconnect(nowait=True)
+                self._down_since = loop.time()
+                self._last_error = reason
+                logger.warning("resultstore Pub/Sub connection lost (%s); reconnecting", reason)
+                await anyio.sleep(random.uniform(0, _BACKOFF_BASE))
+
+    async def _wait_for_interest(self) -> None:
+        while not len(self.registry):
+            self._wake.clear()
+            await self._wake.wait()
+
+    def _connect_failed(self, exc: BaseException) -> None:
+        self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, _CONFIG_ERRORS):
+            # Retrying cannot fix a wrong password or certificate: tell the waiters now.
+            self.registry.fail_where(self._connection_error, lambda _created: True)
+        logger.warning("resultstore cannot connect its Pub/Sub connection: %s", self._last_error)
+
+    def _connection_error(self) -> StoreConnectionError:
+        return StoreConnectionError(
+            f"Redis unreachable ({self._connector.describe()}) for longer than "
+            f"reconnect_timeout={self._reconnect_timeout:g}s; last error: {self._last_error}"
+        )
+
+    async def _sleep_down(self, delay: float) -> None:
+        """Sleep between connect attempts, failing channels whose reconnect_timeout ran out."""
+        loop = asyncio.get_running_loop()
+        down_since = self._down_since if self._down_since is not None else loop.time()
+        limit = self._reconnect_timeout
+        now = loop.time()
+        self.registry.fail_where(
+            self._connection_error, lambda created: now - max(created, down_since) >= limit
+        )
+        await anyio.sleep(delay)
+
+    # -- one connection ----------------------------------------------------------------------------
+
+    async def _serve(self, conn: AbstractConnection) -> str:
+        """Serve one connection until it is lost; returns why."""
+        self._conn = conn
+        self._dead = None
+        self._server.clear()
+        self._dirty = set(self.registry.channels())
+        self.registry.epoch += 1
+        self._last_read = asyncio.get_running_loop().time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._read_loop, conn)
+            try:
+                reason = await self._write_loop(conn)
+            finally:
+                tg.cancel_scope.cancel()
+        return reason
+
+    async def _read_loop(self, conn: AbstractConnection) -> None:
+        loop = asyncio.get_running_loop()
+        read = conn.read_response
+        deliver = self.registry.deliver
+        try:
+            while True:
+                reply = await read(disable_decoding=True, disconnect_on_error=False)
+                self._last_read = loop.time()
+                kind = reply[0]
+                if kind == b"message":
+                    self.messages += 1
+                    deliver(reply[1], reply[2])
+                elif kind == b"subscribe":
+                    self._confirmed_sub(reply[1])
+                elif kind == b"unsubscribe":
+                    self._confirmed_unsub(reply[1])
+        except (OSError, RedisError, IndexError, TypeError) as exc:
+            self._dead = exc
+            self._wake.set()
+
+    def _confirmed_sub(self, channel: bytes) -> None:
+        if self._server.get(channel) == _SUBSCRIBING:
+            self._server[channel] = _SUBSCRIBED
+            if channel in self.registry:
+                self._to_check.add(channel)
+                self._check_wake.set()
+            else:
+                self._dirty.add(channel)
+                self._wake.set()
+
+    def _confirmed_unsub(self, channel: bytes) -> None:
+        if self._server.get(channel) == _UNSUBSCRIBING:
+            del self._server[channel]
+            if channel in self.registry:
+                self._dirty.add(channel)
+                self._wake.set()
+
+    async def _write_loop(self, conn: AbstractConnection) -> str:
+        loop = asyncio.get_running_loop()
+        ping_sent: float | None = None
+        while True:
+            if self._dead is not None:
+                return f"{type(self._dead).__name__}: {self._dead}"
+            now = loop.time()
+            if ping_sent is not None and self._last_read >= ping_sent:
+                ping_sent = None
+            if ping_sent is None and now - self._last_read >= self._ping_interval:
+                ping_sent = now
+                if not await self._send(conn, [("PING",)]):
+                    continue
+            if ping_sent is not None and now - ping_sent >= self._ping_timeout:
+                return f"no reply to PING within ping_timeout={self._ping_timeout:g}s"
+            if self._dirty:
+                await self._flush(conn)
+                continue
+            if ping_sent is not None:
+                deadline = ping_sent + self._ping_timeout
+            else:
+                deadline = self._last_read + self._ping_interval
+            self._wake.clear()
+            with anyio.move_on_after(max(0.0, deadline - now)):
+                await self._wake.wait()
+
+    async def _flush(self, conn: AbstractConnection) -> None:
+        subs: list[bytes] = []
+        unsubs: list[bytes] = []
+        server = self._server
+        registry = self.registry
+        for channel in self._dirty:
+            state = server.get(channel)
+            if channel in registry:
+                if state is None:
+                    subs.append(channel)
+                    server[channel] = _SUBSCRIBING
+            elif state == _SUBSCRIBED:
+                unsubs.append(channel)
+                server[channel] = _UNSUBSCRIBING
+        self._dirty.clear()
+        step = _CHANNELS_PER_COMMAND
+        commands: list[tuple[bytes | str, ...]] = [
+            (name, *channels[i : i + step])
+            for name, channels in (("SUBSCRIBE", subs), ("UNSUBSCRIBE", unsubs))
+            for i in range(0, len(channels), step)
+        ]
+        if commands:
+            await self._send(conn, commands)
+
+    async def _send(
+        self, conn: AbstractConnection, commands: list[tuple[bytes | str, ...]]
+    ) -> bool:
+        """Write commands; a failed or stuck write marks the connection dead."""
+        try:
+            with anyio.fail_after(self._ping_timeout):
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        except (OSError, RedisError, TimeoutError) as exc:
+            self._dead = exc
+            return False
+        return True
+
+    # -- checks: read the keys of freshly confirmed channels --------------------------------------
+
+    async def _check_loop(self) -> None:
+        async with anyio.create_task_group() as tg:
+            while True:
+                while not self._to_check:
+                    self._check_wake.clear()
+                    await self._check_wake.wait()
+                batch = list(self._to_check)
+                self._to_check.clear()
+                tg.start_soon(self._check, batch, self.registry.seq, self.registry.epoch)
+
+    async def _check(self, batch: list[bytes], seq: int, epoch: int) -> None:
+        attempt = 0
+        while batch:
+            try:
+                values = await self._fetch(batch)
+            except (OSError, RedisError, TimeoutError) as exc:
+                if isinstance(exc, ResponseError) and not isinstance(exc, AuthenticationError):
+                    self._fail_check(batch, exc)  # a server's refusal: retrying cannot help
+                    return
+                # A restarted server fails the first command on a stale pooled connection:
+                # retry while anybody still waits on these channels.
+                attempt += 1
+                await anyio.sleep(_backoff(attempt))
+                batch = [channel for channel in batch if channel in self.registry]
+                continue
+            deliver = self.registry.deliver
+            check = (seq, epoch)
+            for channel, value in zip(batch, values, strict=True):
+                deliver(channel, value, check=check)
+            return
+
+    def _fail_check(self, batch: list[bytes], exc: BaseException) -> None:
+        message = f"reading results failed: {exc}"
+
+        def make() -> ResultStoreError:
+            return ResultStoreError(message)
+
+        for channel in batch:
+            self.registry.fail(channel, make)
+
+
+def _backoff(attempt: int) -> float:
+    """Jittered exponential backoff: up to 50 ms, 100 ms, ... capped at 1 s."""
+    delay: float = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** min(attempt - 1, 16))
+    return random.uniform(0.5, 1.0) * delay

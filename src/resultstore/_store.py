@@ -1,0 +1,398 @@
+"""``ResultStore``: get, set, wait for and watch task results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Final, Literal, Self
+
+import anyio
+
+from ._codec import check_size, decode_result, encode_result
+from ._exceptions import ResultTimeout, StoreClosedError
+from ._keys import KeyScheme
+from ._meta import ResultMeta
+from ._settings import StoreSettings
+from ._states import FAILURE, SUCCESS
+from .backends import Backend
+from .backends.memory import MemoryBackend
+
+__all__ = ["ResultStore", "StoreStatistics"]
+
+_CLOSE_TIMEOUT: Final = 5.0
+
+logger = logging.getLogger("resultstore")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatistics:
+    """A snapshot of a store's state, from :meth:`ResultStore.statistics`.
+
+    Attributes:
+        channels: task ids somebody waits on or watches.
+        waiters: pending ``wait_for`` calls (``as_completed`` counts one per id).
+        watchers: open ``watch`` iterators.
+        subscribed: channels the server has confirmed on the Pub/Sub connection.
+        connected: whether the Pub/Sub connection is up (always True for ``memory://``).
+        reconnects: how many times the Pub/Sub connection was re-established after a loss.
+        messages: Pub/Sub messages received (writes, for ``memory://``).
+    """
+
+    channels: int
+    waiters: int
+    watchers: int
+    subscribed: int
+    connected: bool
+    reconnects: int
+    messages: int
+
+
+class ResultStore:
+    """Task results in Redis (Celery's format), awaited without polling.
+
+    One store holds a command pool of at most ``max_connections`` and, once somebody waits, one
+    Pub/Sub connection shared by every ``wait_for`` and ``watch``. Construction does no I/O.
+    ``get``, ``get_many``, ``set`` and ``forget`` work at any time before ``aclose()``;
+    ``wait_for``, ``watch`` and ``as_completed`` need the store open (``async with store:``),
+    because the Pub/Sub owner task runs inside it.
+
+    Example::
+
+        async with ResultStore.from_url("redis://localhost:6379/0") as store:
+            await store.set("task-1", {"answer": 42})
+            meta = await store.wait_for("task-1", timeout=30)
+            print(meta.result)
+
+    Args:
+        settings: validated settings; ``None`` reads them from the environment
+            (``RESULTSTORE_URL`` and friends).
+    """
+
+    def __init__(self, settings: StoreSettings | None = None) -> None:
+        self._settings = settings if settings is not None else StoreSettings()
+        s = self._settings
+        self._keys = KeyScheme(s.global_keyprefix, s.key_prefix)
+        self._backend: Backend
+        if s.is_memory:
+            self._backend = MemoryBackend(max_value_size=s.max_value_size)
+        else:
+            from .backends.redis import RedisBackend
+
+            self._backend = RedisBackend(s)
+        self._state: Literal["new", "open", "closed"] = "new"
+        self._runner: asyncio.Task[None] | None = None
+        self._failure: Exception | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build a store from a URL and keyword settings (no I/O, no environment read).
+
+        Example: ``ResultStore.from_url("rediss://cache:6380/0", max_connections=20)``.
+
+        Raises:
+            pydantic.ValidationError: the URL or an option is invalid (the message says why).
+        """
+        return cls(StoreSettings.from_url(url, **options))
+
+    @property
+    def settings(self) -> StoreSettings:
+        """The store's settings (secrets hidden in their repr)."""
+        return self._settings
+
+    def __repr__(self) -> str:
+        stats = self.statistics()
+        return (
+            f"<ResultStore {self._backend.describe()} {self._state} "
+            f"channels={stats.channels} waiters={stats.waiters} connected={stats.connected}>"
+        )
+
+    # -- lifetime ----------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state == "closed":
+            raise StoreClosedError("this ResultStore is closed; build a new one")
+        if self._state == "open":
+            raise RuntimeError("this ResultStore is already open")
+        # The store owns one runner task, cancelled and awaited by aclose(); structured concurrency
+        # lives inside it. A task of its own (rather than a task group entered by the caller) lets
+        # aclose() run from any task: startup and shutdown hooks often run in different tasks.
+        self._runner = asyncio.get_running_loop().create_task(
+            self._run(), name=f"resultstore {self._backend.describe()}"
+        )
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _run(self) -> None:
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(self._backend.run)
+        except Exception as exc:  # a bug, not a Redis outage (those are handled inside)
+            logger.exception("resultstore background task failed; the store is unusable")
+            self._failure = exc
+            message = f"the ResultStore's background task failed: {exc!r}"
+            self._backend.registry.fail_where(lambda: StoreClosedError(message), lambda _: True)
+
+    async def aclose(self) -> None:
+        """Close the store: pending waits fail with StoreClosedError, connections close.
+
+        Idempotent; may be called from any task.
+        """
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        self._backend.registry.fail_where(
+            lambda: StoreClosedError("the ResultStore was closed while waiting"), lambda _: True
+        )
+        runner, self._runner = self._runner, None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
+            if runner is not None:
+                runner.cancel()
+                await asyncio.wait([runner])
+            await self._backend.aclose()
+
+    def _check_usable(self) -> None:
+        if self._state == "closed":
+            raise StoreClosedError("this ResultStore is closed")
+
+    def _check_open(self) -> None:
+        if self._failure is not None:
+            raise StoreClosedError(f"the ResultStore's background task failed: {self._failure!r}")
+        if self._state != "open":
+            self._check_usable()
+            raise StoreClosedError(
+                "waiting needs an open ResultStore: use `async with store:` "
+                "(or resultstore.fastapi's lifespan) around wait_for/watch/as_completed"
+            )
+
+    # -- reads and writes --------------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> ResultMeta:
+        """The task's current result; status PENDING when nothing is stored.
+
+        Raises:
+            StoreConnectionError: Redis is unreachable.
+            PayloadDecodeError: the stored value is not a result document.
+        """
+        self._check_usable()
+        payload = await self._backend.get(self._keys.key(task_id))
+        return decode_result(task_id, payload, max_size=self._settings.max_value_size)
+
+    async def get_many(self, task_ids: Iterable[str]) -> dict[str, ResultMeta]:
+        """Current results of many tasks in one round trip (MGET), keyed by task id.
+
+        Raises:
+            StoreConnectionError: Redis is unreachable.
+            PayloadDecodeError: a stored value is not a result document.
+        """
+        self._check_usable()
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+        values = await self._backend.mget([self._keys.key(t) for t in ids])
+        limit = self._settings.max_value_size
+        return {t: decode_result(t, v, max_size=limit) for t, v in zip(ids, values, strict=True)}
+
+    async def set(
+        self,
+        task_id: str,
+        value: Any,
+        *,
+        state: str = SUCCESS,
+        traceback: str | None = None,
+        expires: float | timedelta | None = None,
+        children: list[Any] | None = None,
+        group_id: str | None = None,
+        parent_id: str | None = None,
+        extended: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store a result and publish it to waiters, atomically, in one round trip.
+
+        Any state can be stored; custom and unready states (``PROGRESS``) reach ``watch`` only.
+        A stored SUCCESS is never overwritten (Celery's rule).
+
+        Args:
+            value: the result; an exception for FAILURE (stored as Celery does).
+            expires: TTL for this call (seconds or timedelta); default ``result_expires``
+                (``result_failure_expires`` for FAILURE).
+
+        Returns:
+            True if stored; False if a SUCCESS was already stored (nothing was written).
+
+        Raises:
+            ValueTooLargeError: the encoded value exceeds ``max_value_size``; nothing was written.
+            TypeError: the value cannot be encoded as JSON; nothing was written.
+            StoreConnectionError: Redis is unreachable.
+        """
+        self._check_usable()
+        payload = encode_result(
+            task_id,
+            value,
+            state=state,
+            traceback=traceback,
+            children=children,
+            group_id=group_id,
+            parent_id=parent_id,
+            extended=extended,
+        )
+        check_size(payload, self._settings.max_value_size)
+        return await self._backend.write(
+            self._keys.key(task_id), payload, ttl_ms=self._ttl_ms(state, expires)
+        )
+
+    def _ttl_ms(self, state: str, expires: float | timedelta | None) -> int | None:
+        s = self._settings
+        if expires is None:
+            expires = s.result_failure_expires if state == FAILURE else s.result_expires
+        if expires is None:
+            return None
+        seconds = expires.total_seconds() if isinstance(expires, timedelta) else float(expires)
+        if seconds < 0:
+            raise ValueError(f"expires must be >= 0 seconds, got {seconds:g}")
+        return max(1, round(seconds * 1000)) if seconds else None
+
+    async def forget(self, task_id: str) -> None:
+        """Delete the task's stored result. Pending waiters of that id keep waiting.
+
+        Raises:
+            StoreConnectionError: Redis is unreachable.
+        """
+        self._check_usable()
+        await self._backend.delete(self._keys.key(task_id))
+
+    # -- waiting -----------------------------------------------------------------------------------
+
+    async def wait_for(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
+        """Wait until the task's result is ready (SUCCESS, FAILURE or REVOKED) and return it.
+
+        Unlike ``asyncio.wait_for`` (which bounds an awaitable), this waits for a *task id*: it
+        subscribes to the task's channel on the store's shared Pub/Sub connection, then reads the
+        key, so a result written at any moment is seen. No polling. A ready result is returned
+        as it is: call ``meta.unwrap()`` to raise on FAILURE.
+
+        Args:
+            timeout: seconds; ``None`` waits until ready (a caller's ``asyncio.timeout`` still
+                applies).
+
+        Raises:
+            ResultTimeout: ``timeout`` passed first (a ``TimeoutError``).
+            StoreConnectionError: Redis stayed unreachable past ``reconnect_timeout``.
+            PayloadDecodeError: the task's payload is not a result document.
+            StoreClosedError: the store is not open, or closed while waiting.
+        """
+        self._check_open()
+        registry = self._backend.registry
+        channel = self._keys.key(task_id)
+        fut = registry.add_waiter(channel, task_id)
+        try:
+            if timeout is None:
+                return await fut
+            try:
+                async with asyncio.timeout(timeout):
+                    return await fut
+            except TimeoutError:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    return fut.result()  # the result won the race against the timeout
+                raise ResultTimeout(f"task {task_id} was not ready within {timeout:g} s") from None
+        finally:
+            registry.remove_waiter(channel, fut)
+
+    async def watch(self, task_id: str) -> AsyncIterator[ResultMeta]:
+        """Yield the task's current state, then every stored update; end after a ready one.
+
+        Unready and custom states (``STARTED``, ``PROGRESS``) are yielded as they are stored.
+        Updates written faster than the consumer reads are queued, not dropped.
+
+        Raises:
+            StoreConnectionError: Redis stayed unreachable past ``reconnect_timeout``.
+            PayloadDecodeError: a payload is not a result document.
+            StoreClosedError: the store is not open, or closed while watching.
+        """
+        self._check_open()
+        registry = self._backend.registry
+        channel = self._keys.key(task_id)
+        watcher = registry.add_watcher(channel, task_id)
+        try:
+            while True:
+                meta = await watcher.next()
+                yield meta
+                if meta.ready:
+                    return
+        finally:
+            registry.remove_watcher(channel, watcher)
+
+    async def as_completed(
+        self, task_ids: Iterable[str], *, timeout: float | None = None
+    ) -> AsyncIterator[ResultMeta]:
+        """Yield the ready results of many tasks in the order they complete.
+
+        Args:
+            timeout: seconds for the whole iteration; the time the consumer spends between
+                items counts too.
+
+        Raises:
+            ResultTimeout: not every task was ready within ``timeout``.
+            StoreConnectionError, PayloadDecodeError, StoreClosedError: as for ``wait_for``.
+        """
+        self._check_open()
+        registry = self._backend.registry
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        done: deque[asyncio.Future[ResultMeta]] = deque()
+        wake = asyncio.Event()
+
+        def on_done(fut: asyncio.Future[ResultMeta]) -> None:
+            done.append(fut)
+            wake.set()
+
+        pending: list[tuple[bytes, asyncio.Future[ResultMeta]]] = []
+        try:
+            for task_id in dict.fromkeys(task_ids):
+                channel = self._keys.key(task_id)
+                fut = registry.add_waiter(channel, task_id)
+                fut.add_done_callback(on_done)
+                pending.append((channel, fut))
+            for delivered in range(len(pending)):
+                while not done:
+                    wake.clear()
+                    remaining = None if deadline is None else deadline - loop.time()
+                    try:
+                        async with asyncio.timeout(remaining):
+                            await wake.wait()
+                    except TimeoutError:
+                        raise ResultTimeout(
+                            f"{len(pending) - delivered} of {len(pending)} tasks were not ready "
+                            f"within {timeout:g} s"
+                        ) from None
+                yield done.popleft().result()
+        finally:
+            for channel, fut in pending:
+                fut.remove_done_callback(on_done)
+                fut.cancel()
+                registry.remove_waiter(channel, fut)
+
+    def statistics(self) -> StoreStatistics:
+        """A frozen snapshot of channels, waiters, connection state and counters."""
+        waiters, watchers = self._backend.registry.counts()
+        backend = self._backend.stats()
+        return StoreStatistics(
+            channels=len(self._backend.registry),
+            waiters=waiters,
+            watchers=watchers,
+            subscribed=backend.subscribed,
+            connected=backend.connected,
+            reconnects=backend.reconnects,
+            messages=backend.messages,
+        )

@@ -1,0 +1,92 @@
+"""The in-memory backend (``memory://``): one process, same semantics as Redis.
+
+Writes are delivered to the registry synchronously, and a new waiter is checked against the stored
+value synchronously, so the subscribe-then-check ordering holds trivially.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from typing import Final
+
+from .._waiters import Registry
+from . import BackendStats
+
+__all__ = ["MemoryBackend", "is_success_payload"]
+
+# Same test as the Redis write script: the stored document starts with a SUCCESS status.
+_SUCCESS_HEAD: Final = re.compile(rb'^\{\s*"status"\s*:\s*"SUCCESS"')
+
+
+def is_success_payload(payload: bytes) -> bool:
+    """Whether a stored payload records SUCCESS (such a payload is never overwritten)."""
+    return _SUCCESS_HEAD.match(payload[:64]) is not None
+
+
+class MemoryBackend:
+    """Results in a dict of this process; nothing survives the store."""
+
+    def __init__(self, *, max_value_size: int) -> None:
+        self._data: dict[bytes, tuple[bytes, float | None]] = {}
+        self.registry = Registry(self._on_join, _ignore, max_size=max_value_size)
+        self._messages = 0
+
+    def describe(self) -> str:
+        """``memory`` (no secrets, no address)."""
+        return "memory"
+
+    def stats(self) -> BackendStats:
+        """Always connected; one 'subscription' per channel somebody waits on."""
+        return BackendStats(
+            connected=True, subscribed=len(self.registry), reconnects=0, messages=self._messages
+        )
+
+    def _on_join(self, channel: bytes, new: bool) -> None:
+        registry = self.registry
+        registry.deliver(channel, self._lookup(channel), check=(registry.seq, registry.epoch))
+
+    def _lookup(self, key: bytes) -> bytes | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        payload, deadline = item
+        if deadline is not None and time.monotonic() >= deadline:
+            del self._data[key]
+            return None
+        return payload
+
+    async def run(self) -> None:
+        """Nothing runs in the background."""
+
+    async def aclose(self) -> None:
+        """Drop every stored result."""
+        self._data.clear()
+
+    async def get(self, key: bytes) -> bytes | None:
+        """The stored payload, or ``None``."""
+        return self._lookup(key)
+
+    async def mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Many payloads, in order."""
+        return [self._lookup(key) for key in keys]
+
+    async def write(self, key: bytes, payload: bytes, *, ttl_ms: int | None) -> bool:
+        """Store and deliver unless a SUCCESS is stored; True if written."""
+        current = self._lookup(key)
+        if current is not None and is_success_payload(current):
+            return False
+        deadline = None if ttl_ms is None else time.monotonic() + ttl_ms / 1000
+        self._data[key] = (payload, deadline)
+        self._messages += 1
+        self.registry.deliver(key, payload)
+        return True
+
+    async def delete(self, key: bytes) -> None:
+        """Remove the stored payload."""
+        self._data.pop(key, None)
+
+
+def _ignore(channel: bytes) -> None:
+    """Leaving a channel needs no work in memory."""

@@ -1,0 +1,355 @@
+"""The multiplexer's guarantees (ARCHITECTURE.md section 4), on real redis-servers under faults."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from resultstore import (
+    PayloadDecodeError,
+    ResultStore,
+    StoreConnectionError,
+    states,
+)
+from resultstore._codec import encode_result
+from resultstore.testing import RedisLauncher, RedisServer, SentinelGroup
+from support import armed, until
+
+pytestmark = pytest.mark.timeout(180)
+
+PREFIX = "celery-task-meta-"
+
+
+def key(task_id: str) -> str:
+    return PREFIX + task_id
+
+
+def payload(task_id: str, value: Any = None, state: str = states.SUCCESS) -> bytes:
+    return encode_result(task_id, task_id if value is None else value, state=state)
+
+
+def named_clients(server: RedisServer, name: str) -> tuple[list[str], list[str]]:
+    """Ids of (subscribed, other) connections the server sees from clients named ``name``."""
+    clients = [c for c in server.client().client_list() if c.get("name") == name]
+    subscribed = [c["id"] for c in clients if int(c.get("sub", 0))]
+    return subscribed, [c["id"] for c in clients if c["id"] not in subscribed]
+
+
+def numsub_total(server: RedisServer, channels: list[str]) -> int:
+    client = server.client()
+    total = 0
+    for i in range(0, len(channels), 1000):
+        total += sum(count for _, count in client.pubsub_numsub(*channels[i : i + 1000]))
+    return total
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+    """A separate connection, writing the way a Celery worker does (SET, then PUBLISH)."""
+    client = redis.asyncio.Redis(host=redis_server.host, port=redis_server.port)
+    async with client:
+        yield client
+
+
+async def celery_write(client: redis.asyncio.Redis, task_id: str, value: Any = None) -> None:
+    data = payload(task_id, value)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.set(key(task_id), data)
+        pipe.publish(key(task_id), data)
+        await pipe.execute()
+
+
+async def test_write_right_after_wait_starts_is_never_missed(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    """Invariant 1: 1,000 times, a result written at once after wait_for starts is delivered.
+
+    The write lands at every point of the waiter's arming (before the SUBSCRIBE, between it
+    and its confirmation, after the check), so a gap anywhere would lose some of them.
+    """
+    async with ResultStore.from_url(redis_server.url) as store:
+        for i in range(1000):
+            task_id = f"race-{i}"
+            waiter = asyncio.create_task(store.wait_for(task_id, timeout=10))
+            for _ in range(i % 4):
+                await asyncio.sleep(0)
+            await celery_write(raw, task_id)
+            assert (await waiter).result == task_id
+        await until(lambda: store.statistics().subscribed == 0)
+
+
+async def test_ten_thousand_waiters_share_one_pubsub_connection(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    """10,000 concurrent waits: one Pub/Sub connection, a bounded pool, nothing left after."""
+    ids = [f"many-{i}" for i in range(10_000)]
+    async with ResultStore.from_url(
+        redis_server.url, client_name="rs-many", max_connections=8
+    ) as store:
+        waiters = [asyncio.create_task(store.wait_for(t, timeout=60)) for t in ids]
+        await armed(store, len(ids), timeout=60)
+        pubsub, others = named_clients(redis_server, "rs-many")
+        assert len(pubsub) == 1
+        assert len(others) <= 8
+        for i in range(0, len(ids), 500):
+            async with raw.pipeline(transaction=False) as pipe:
+                for t in ids[i : i + 500]:
+                    pipe.set(key(t), payload(t))
+                    pipe.publish(key(t), payload(t))
+                await pipe.execute()
+        results = await asyncio.gather(*waiters)
+        assert [m.result for m in results] == ids
+        _, after = named_clients(redis_server, "rs-many")
+        assert pubsub[0] in after  # the same Pub/Sub connection, never a second one
+        assert len(after) <= 1 + 8
+        await until(lambda: store.statistics().subscribed == 0)
+        assert numsub_total(redis_server, [key(t) for t in ids]) == 0
+        stats = store.statistics()
+        assert (stats.channels, stats.waiters) == (0, 0)
+
+
+async def test_hundred_waiters_on_one_id_share_one_subscription(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    """Invariant 2: one subscription per id however many wait, released by the last."""
+    async with ResultStore.from_url(redis_server.url) as store:
+        waiters = [asyncio.create_task(store.wait_for("one", timeout=10)) for _ in range(100)]
+        await armed(store, 1)
+        assert numsub_total(redis_server, [key("one")]) == 1
+        assert store.statistics().waiters == 100
+        await celery_write(raw, "one")
+        assert all(m.result == "one" for m in await asyncio.gather(*waiters))
+        await until(lambda: store.statistics().subscribed == 0)
+        assert numsub_total(redis_server, [key("one")]) == 0
+
+
+async def test_subscribes_of_one_tick_go_out_as_one_command(redis_server: RedisServer) -> None:
+    """Invariant 3: 500 waits started in one tick reach the server as one SUBSCRIBE."""
+    admin = redis_server.client()
+    async with ResultStore.from_url(redis_server.url) as store:
+        admin.config_resetstat()
+        waiters = [asyncio.create_task(store.wait_for(f"b-{i}", timeout=10)) for i in range(500)]
+        await armed(store, 500)
+        calls = admin.info("commandstats").get("cmdstat_subscribe", {}).get("calls")
+        assert calls == 1
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        await until(lambda: store.statistics().subscribed == 0)
+        assert admin.info("commandstats")["cmdstat_unsubscribe"]["calls"] == 1
+
+
+async def test_killed_pubsub_connection_reconnects_and_delivers_everything(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    """Invariant 5: CLIENT KILL TYPE pubsub with 1,000 waits pending, results written during the
+    outage: all delivered (resubscribe + re-check), and the reconnect is counted."""
+    ids = [f"kill-{i}" for i in range(1000)]
+    async with ResultStore.from_url(redis_server.url) as store:
+        waiters = [asyncio.create_task(store.wait_for(t, timeout=60)) for t in ids]
+        await armed(store, len(ids))
+        before = store.statistics().reconnects
+        await raw.client_kill_filter(_type="pubsub")
+        async with raw.pipeline(transaction=False) as pipe:
+            for t in ids:
+                pipe.set(key(t), payload(t))
+                pipe.publish(key(t), payload(t))
+            await pipe.execute()
+        results = await asyncio.gather(*waiters)
+        assert [m.result for m in results] == ids
+        assert store.statistics().reconnects > before
+
+
+async def test_restart_with_aof_delivers_results_from_before_and_after(
+    redis_launcher: RedisLauncher,
+) -> None:
+    """Invariant 5 with a real restart: results stored (unpublished) before the restart are found
+    by the re-check after it, and results written after it arrive by message."""
+    server = redis_launcher.start(appendonly=True)
+    admin = server.client()
+    async with ResultStore.from_url(server.url) as store:
+        waiters = {
+            t: asyncio.create_task(store.wait_for(t, timeout=60))
+            for t in [f"rs-{i}" for i in range(200)]
+        }
+        await armed(store, 200)
+        before = list(waiters)[:100]
+        after = list(waiters)[100:]
+        for t in before:  # stored without a PUBLISH: only a re-check can find these
+            admin.set(key(t), payload(t))
+        server.restart()
+        await until(lambda: store.statistics().reconnects >= 1, timeout=30)
+        await armed(store, 100, timeout=30)
+        writer = redis.asyncio.Redis.from_url(server.url)
+        async with writer:
+            for t in after:
+                await celery_write(writer, t)
+        results = await asyncio.gather(*waiters.values())
+        assert [m.result for m in results] == list(waiters)
+
+
+async def test_frozen_server_is_noticed_and_waits_complete_after_thaw(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    """Invariant 6: a SIGSTOPped server is declared dead after ping_interval + ping_timeout, and
+    the store reconnects after SIGCONT (the old socket alone would look healthy again)."""
+    async with ResultStore.from_url(
+        redis_server.url, ping_interval=0.2, ping_timeout=0.3, reconnect_timeout=30
+    ) as store:
+        waiters = [asyncio.create_task(store.wait_for(f"fz-{i}", timeout=60)) for i in range(50)]
+        await armed(store, 50)
+        redis_server.freeze()
+        try:
+            await until(lambda: not store.statistics().connected, timeout=10)
+        finally:
+            redis_server.thaw()
+        await until(lambda: store.statistics().connected, timeout=20)
+        assert store.statistics().reconnects >= 1
+        for i in range(50):
+            await celery_write(raw, f"fz-{i}")
+        assert len(await asyncio.gather(*waiters)) == 50
+
+
+async def test_down_past_reconnect_timeout_fails_waiters_then_recovers(
+    redis_server: RedisServer,
+) -> None:
+    """Invariant 7: waiters get StoreConnectionError instead of hanging; once Redis is back, a new
+    wait_for on the same store works without a restart of the store."""
+    async with ResultStore.from_url(redis_server.url, reconnect_timeout=0.5) as store:
+        waiter = asyncio.create_task(store.wait_for("down", timeout=60))
+        await armed(store, 1)
+        redis_server.stop()
+        with pytest.raises(StoreConnectionError, match="reconnect_timeout"):
+            await waiter
+        late = asyncio.create_task(store.wait_for("down-late", timeout=60))
+        with pytest.raises(StoreConnectionError):
+            await late
+        redis_server.restart()
+        again = asyncio.create_task(store.wait_for("back", timeout=30))
+        await armed(store, 1, timeout=30)
+        await store.set("back", "yes")
+        assert (await again).result == "yes"
+
+
+async def test_sentinel_failover_delivers_all_pending_results(
+    redis_sentinel: SentinelGroup,
+) -> None:
+    """1,000 waits pending through a Sentinel failover all complete from the new master."""
+    ids = [f"fo-{i}" for i in range(1000)]
+    async with ResultStore.from_url(
+        redis_sentinel.url, master_name=redis_sentinel.master_name
+    ) as store:
+        waiters = [asyncio.create_task(store.wait_for(t, timeout=90)) for t in ids]
+        await armed(store, len(ids))
+        old = redis_sentinel.master_address()
+        new = redis_sentinel.failover()
+        assert new != old
+        for t in ids:
+            await store.set(t, t)
+        results = await asyncio.gather(*waiters)
+        assert [m.result for m in results] == ids
+        assert new == redis_sentinel.master_address()
+
+
+async def test_malformed_payload_does_not_stop_the_reader(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    """Invariant 8: garbage on one channel fails that task's waiters; the reader lives on."""
+    async with ResultStore.from_url(redis_server.url) as store:
+        bad = asyncio.create_task(store.wait_for("garbage", timeout=10))
+        good = asyncio.create_task(store.wait_for("fine", timeout=10))
+        await armed(store, 2)
+        await raw.publish(key("garbage"), b"\xff\x00not json")
+        with pytest.raises(PayloadDecodeError):
+            await bad
+        await celery_write(raw, "fine")
+        assert (await good).result == "fine"
+        assert store.statistics().reconnects == 0
+
+
+async def test_fifty_megabyte_result_reaches_its_waiter(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    """A result above the server's Pub/Sub output-buffer limit (32 MB) still arrives: the server
+    drops the subscriber, and the reconnect's re-check reads the value."""
+    value = "x" * (50 * 1024 * 1024)
+    async with ResultStore.from_url(redis_server.url) as store:
+        waiter = asyncio.create_task(store.wait_for("huge", timeout=120))
+        other = asyncio.create_task(store.wait_for("small", timeout=120))
+        await armed(store, 2)
+        assert await store.set("huge", value)
+        meta = await waiter
+        assert len(meta.result) == len(value)
+        await celery_write(raw, "small")
+        assert (await other).result == "small"
+
+
+async def test_unready_states_wake_watchers_not_waiters(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    """Invariant 9, through real Pub/Sub."""
+    async with ResultStore.from_url(redis_server.url) as store:
+        waiter = asyncio.create_task(store.wait_for("u", timeout=10))
+        updates: list[str] = []
+
+        async def watch() -> None:
+            async for meta in store.watch("u"):
+                updates.append(meta.status)  # noqa: PERF401 - the test reads it as it grows
+
+        watcher = asyncio.create_task(watch())
+        await armed(store, 1)
+        await until(lambda: updates == ["PENDING"])
+        await store.set("u", {"step": 1}, state="PROGRESS")
+        await until(lambda: updates == ["PENDING", "PROGRESS"])
+        assert not waiter.done()
+        await store.set("u", "end")
+        await asyncio.gather(waiter, watcher)
+        assert updates == ["PENDING", "PROGRESS", "SUCCESS"]
+
+
+async def test_set_stores_with_ttl_and_publishes_in_one_atomic_call(
+    redis_server: RedisServer,
+) -> None:
+    """The write path: value + TTL + publish in one round trip; result_failure_expires applies
+    to FAILURE; a SUCCESS is not overwritten (checked inside the same script)."""
+    admin = redis_server.client()
+    async with ResultStore.from_url(
+        redis_server.url, result_expires=3600, result_failure_expires=60
+    ) as store:
+        await store.set("warm-up", 1)  # loads the script once
+        admin.config_set("slowlog-log-slower-than", 0)
+        admin.slowlog_reset()
+        await store.set("ttl", 1)
+        # SLOWLOG logs each command as it completes, a script's own commands before the script:
+        # one EVALSHA carrying the payload, with GETRANGE, SET and PUBLISH run inside it.
+        entries = sorted(admin.slowlog_get(10), key=lambda entry: entry["id"])
+        names = [e["command"].split(b" ")[0].upper() for e in entries]
+        names = [n for n in names if n not in (b"SLOWLOG", b"CONFIG")]
+        assert names == [b"GETRANGE", b"SET", b"PUBLISH", b"EVALSHA"]
+        assert admin.info("commandstats")["cmdstat_publish"]["calls"] >= 1
+        assert 3500_000 < admin.pttl(key("ttl")) <= 3600_000
+        await store.set("ttl-fail", ValueError("x"), state=states.FAILURE)
+        assert 0 < admin.pttl(key("ttl-fail")) <= 60_000
+        await store.set("no-ttl", 1, expires=0)
+        assert admin.pttl(key("no-ttl")) == -1
+    async with ResultStore.from_url(redis_server.url, result_expires=0) as store:
+        await store.set("never", 1)
+        assert admin.pttl(key("never")) == -1
+
+
+async def test_global_keyprefix_applies_to_keys_and_channels(
+    redis_server: RedisServer,
+) -> None:
+    admin = redis_server.client()
+    async with ResultStore.from_url(redis_server.url, global_keyprefix="app") as store:
+        waiter = asyncio.create_task(store.wait_for("gk", timeout=10))
+        await armed(store, 1)
+        assert admin.pubsub_numsub("app_celery-task-meta-gk") == [("app_celery-task-meta-gk", 1)]
+        await store.set("gk", 1)
+        await waiter
+        assert admin.exists("app_celery-task-meta-gk")
