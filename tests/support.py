@@ -26,3 +26,67 @@ async def armed(store: ResultStore, channels: int, timeout: float = 20.0) -> Non
 async def registered(store: ResultStore, channels: int = 1) -> None:
     """Until ``channels`` task channels are registered (the waiters ran their first step)."""
     await until(lambda: store.statistics().channels >= channels)
+
+
+class SlowSubscribeProxy:
+    """A TCP proxy in front of a real server that holds back every SUBSCRIBE for ``hold`` seconds.
+
+    It models a slow network path for the Pub/Sub connection, and it tells when a MGET reply has
+    passed back to a client (``mget_replied``), which is when the store's check has run.
+    """
+
+    def __init__(self, host: str, port: int, hold: float) -> None:
+        self._target = (host, port)
+        self._hold = hold
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.mget_replied = asyncio.Event()
+        self.port = 0
+
+    async def __aenter__(self) -> SlowSubscribeProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        mget_pending = [False]
+        for coro in (
+            self._pump(reader, up_writer, mget_pending, upstream=True),
+            self._pump(up_reader, writer, mget_pending, upstream=False),
+        ):
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        mget_pending: list[bool],
+        *,
+        upstream: bool,
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if upstream and b"SUBSCRIBE" in data.upper():
+                    await asyncio.sleep(self._hold)  # the injected fault: a slow path
+                if upstream and b"MGET" in data.upper():
+                    mget_pending[0] = True
+                writer.write(data)
+                await writer.drain()
+                if not upstream and mget_pending[0]:
+                    mget_pending[0] = False
+                    self.mget_replied.set()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()

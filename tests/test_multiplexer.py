@@ -18,7 +18,7 @@ from resultstore import (
 )
 from resultstore._codec import encode_result
 from resultstore.testing import RedisLauncher, RedisServer, SentinelGroup
-from support import armed, until
+from support import SlowSubscribeProxy, armed, until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -81,6 +81,21 @@ async def test_write_right_after_wait_starts_is_never_missed(
             await celery_write(raw, task_id)
             assert (await waiter).result == task_id
         await until(lambda: store.statistics().subscribed == 0)
+
+
+async def test_check_waits_for_the_subscribe_confirmation(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    """Invariant 1, deterministically: the SUBSCRIBE is held back on the wire for 0.3 s; once the
+    store's check (MGET) has been answered, a write lands. A check made before the confirmation
+    would have seen nothing, and the write's PUBLISH would have reached no subscriber."""
+    async with SlowSubscribeProxy(redis_server.host, redis_server.port, hold=0.3) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        async with ResultStore.from_url(url) as store:
+            waiter = asyncio.create_task(store.wait_for("held", timeout=5))
+            await asyncio.wait_for(proxy.mget_replied.wait(), 5)
+            await celery_write(raw, "held")
+            assert (await waiter).result == "held"
 
 
 async def test_ten_thousand_waiters_share_one_pubsub_connection(
