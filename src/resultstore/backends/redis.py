@@ -12,8 +12,8 @@ from contextlib import asynccontextmanager
 from typing import Final
 
 from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._connection import Connector
@@ -90,6 +90,11 @@ class RedisBackend:
         try:
             async with self._slots:
                 yield
+        except AuthenticationError as exc:
+            raise StoreConnectionError(
+                f"{what} failed: Redis refused the credentials ({self.describe()}): {exc}; "
+                "check username/password"
+            ) from exc
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreConnectionError(
                 f"{what} failed: Redis unreachable ({self.describe()}): {exc}"
