@@ -239,8 +239,9 @@ async def test_down_past_reconnect_timeout_fails_waiters_then_recovers(
         waiter = asyncio.create_task(store.wait_for("down", timeout=60))
         await armed(store, 1)
         redis_server.stop()
-        with pytest.raises(StoreConnectionError, match="reconnect_timeout"):
+        with pytest.raises(StoreConnectionError, match="reconnect_timeout") as info:
             await waiter
+        assert info.value.task_id == "down"
         late = asyncio.create_task(store.wait_for("down-late", timeout=60))
         with pytest.raises(StoreConnectionError):
             await late

@@ -163,6 +163,7 @@ async def test_wait_for_timeout_raises_result_timeout_and_cleans_up(store: Resul
     with pytest.raises(ResultTimeout) as info:
         await store.wait_for("never", timeout=0.05)
     assert isinstance(info.value, TimeoutError)
+    assert info.value.task_id == "never"
     stats = store.statistics()
     assert (stats.channels, stats.waiters) == (0, 0)
 

@@ -32,14 +32,29 @@ class ResultStoreError(Exception):
 
 
 class ResultTimeout(ResultStoreError, TimeoutError):
-    """``wait_for`` or ``as_completed`` reached its own ``timeout`` before the result was ready."""
+    """``wait_for`` or ``as_completed`` reached its own ``timeout`` before the result was ready.
+
+    Attributes:
+        task_id: the task waited for (``None`` from ``as_completed``, which waits for many).
+    """
+
+    def __init__(self, message: str, *, task_id: str | None = None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
 
 
 class StoreConnectionError(ResultStoreError, ConnectionError):
     """Redis stayed unreachable for longer than ``reconnect_timeout``.
 
     The store keeps reconnecting in the background; a later call succeeds once Redis is back.
+
+    Attributes:
+        task_id: the task a waiter waited for, when the error ended a ``wait_for``/``watch``.
     """
+
+    def __init__(self, message: str, *, task_id: str | None = None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
 
 
 class ValueTooLargeError(ResultStoreError, ValueError):

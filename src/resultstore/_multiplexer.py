@@ -168,13 +168,21 @@ class Multiplexer:
         self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if isinstance(exc, _CONFIG_ERRORS):
             # Retrying cannot fix a wrong password or certificate: tell the waiters now.
-            self.registry.fail_where(self._connection_error, lambda _created: True)
+            self.registry.fail_where(self._config_error, lambda _created: True)
         logger.warning("resultstore cannot connect its Pub/Sub connection: %s", self._last_error)
 
-    def _connection_error(self) -> StoreConnectionError:
+    def _config_error(self, task_id: str) -> StoreConnectionError:
+        return StoreConnectionError(
+            f"cannot connect to Redis ({self._connector.describe()}): {self._last_error}; "
+            "check the credentials and TLS settings",
+            task_id=task_id,
+        )
+
+    def _connection_error(self, task_id: str) -> StoreConnectionError:
         return StoreConnectionError(
             f"Redis unreachable ({self._connector.describe()}) for longer than "
-            f"reconnect_timeout={self._reconnect_timeout:g}s; last error: {self._last_error}"
+            f"reconnect_timeout={self._reconnect_timeout:g}s; last error: {self._last_error}",
+            task_id=task_id,
         )
 
     async def _sleep_down(self, delay: float) -> None:
@@ -341,8 +349,8 @@ class Multiplexer:
     def _fail_check(self, batch: list[bytes], exc: BaseException) -> None:
         message = f"reading results failed: {exc}"
 
-        def make() -> ResultStoreError:
-            return ResultStoreError(message)
+        def make(task_id: str) -> ResultStoreError:
+            return ResultStoreError(f"task {task_id}: {message}")
 
         for channel in batch:
             self.registry.fail(channel, make)

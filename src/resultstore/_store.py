@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -143,7 +143,7 @@ class ResultStore:
             logger.exception("resultstore background task failed; the store is unusable")
             self._failure = exc
             message = f"the ResultStore's background task failed: {exc!r}"
-            self._backend.registry.fail_where(lambda: StoreClosedError(message), lambda _: True)
+            self._backend.registry.fail_where(lambda _: StoreClosedError(message), lambda _: True)
 
     async def aclose(self) -> None:
         """Close the store: pending waits fail with StoreClosedError, connections close.
@@ -154,7 +154,7 @@ class ResultStore:
             return
         self._state = "closed"
         self._backend.registry.fail_where(
-            lambda: StoreClosedError("the ResultStore was closed while waiting"), lambda _: True
+            lambda _: StoreClosedError("the ResultStore was closed while waiting"), lambda _: True
         )
         runner, self._runner = self._runner, None
         with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
@@ -305,11 +305,13 @@ class ResultStore:
             except TimeoutError:
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
                     return fut.result()  # the result won the race against the timeout
-                raise ResultTimeout(f"task {task_id} was not ready within {timeout:g} s") from None
+                raise ResultTimeout(
+                    f"task {task_id} was not ready within {timeout:g} s", task_id=task_id
+                ) from None
         finally:
             registry.remove_waiter(channel, fut)
 
-    async def watch(self, task_id: str) -> AsyncIterator[ResultMeta]:
+    async def watch(self, task_id: str) -> AsyncGenerator[ResultMeta, None]:
         """Yield the task's current state, then every stored update; end after a ready one.
 
         Unready and custom states (``STARTED``, ``PROGRESS``) are yielded as they are stored.
@@ -335,7 +337,7 @@ class ResultStore:
 
     async def as_completed(
         self, task_ids: Iterable[str], *, timeout: float | None = None
-    ) -> AsyncIterator[ResultMeta]:
+    ) -> AsyncGenerator[ResultMeta, None]:
         """Yield the ready results of many tasks in the order they complete.
 
         Args:

@@ -73,8 +73,8 @@ JoinHook = Callable[[bytes, bool], None]
 LeaveHook = Callable[[bytes], None]
 """Called with the channel after its last waiter or watcher left."""
 
-ErrorFactory = Callable[[], BaseException]
-"""Makes the exception given to one failed waiter or watcher."""
+ErrorFactory = Callable[[str], BaseException]
+"""Makes the exception given to one failed waiter or watcher, from the task id."""
 
 _PENDING_PAYLOAD: Final = b""
 
@@ -172,7 +172,7 @@ class Registry:
             meta = decode_result(entry.task_id, payload, max_size=self._max_size)
         except PayloadDecodeError as exc:
             message = str(exc)
-            self._fail_entry(entry, lambda: PayloadDecodeError(message, task_id=entry.task_id))
+            self._fail_entry(entry, lambda task_id: PayloadDecodeError(message, task_id=task_id))
             return
         if entry.waiters and meta.status in READY_STATES:
             for fut in entry.waiters:
@@ -192,7 +192,7 @@ class Registry:
                     watcher.push(meta)
 
     def fail(self, channel: bytes, make_exc: ErrorFactory) -> None:
-        """Fail every waiter and watcher of one channel with a fresh ``make_exc()`` each."""
+        """Fail every waiter and watcher of one channel with a fresh ``make_exc(task_id)`` each."""
         entry = self._entries.get(channel)
         if entry is not None:
             self._fail_entry(entry, make_exc)
@@ -211,6 +211,6 @@ class Registry:
         # One exception object per receiver: a shared one would grow its traceback at every raise.
         for fut in entry.waiters:
             if not fut.done():
-                fut.set_exception(make_exc())
+                fut.set_exception(make_exc(entry.task_id))
         for watcher in entry.watchers:
-            watcher.push(make_exc())
+            watcher.push(make_exc(entry.task_id))
