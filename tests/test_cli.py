@@ -187,11 +187,6 @@ def test_ping_over_unverified_tls_says_so_and_warns(redis_tls_server: RedisServe
     assert warning.startswith("resultstore: warning: TLS to the data nodes uses cert_reqs=none")
 
 
-@pytest.mark.xfail(
-    reason="_connection.py passes socket_keepalive to UnixDomainSocketConnection (TypeError)",
-    raises=AssertionError,
-    strict=True,
-)
 def test_ping_over_unix_socket(redis_unix_server: RedisServer) -> None:
     """``ping`` on a unix:// URL reports the unix socket topology and its path."""
     proc = cli("ping", "--url", redis_unix_server.url)

@@ -9,6 +9,10 @@ Two kinds of connection come out of here:
 
 Both speak RESP2: it works on every Redis and Valkey version, and a RESP2 reader sees subscribe
 confirmations as plain replies (with RESP3 they are push messages that a bare read drops).
+
+Sentinel: the sentinels are asked once each, in turn, with no retries of redis-py's own (its
+default retries each sentinel ten times, about 10 s when all are down). A command that a demoted
+master refuses (READONLY: it did not run) is sent once more, to the master the sentinels name now.
 """
 
 from __future__ import annotations
@@ -25,8 +29,15 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
 )
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 
 from ._settings import StoreSettings, TLSSettings
 
@@ -35,6 +46,50 @@ __all__ = ["Connector"]
 logger = logging.getLogger("resultstore")
 
 _PROTOCOL = 2
+_TCP_ONLY = ("socket_keepalive",)
+_NO_RETRY = Retry(NoBackoff(), 0)  # connections copy it, so one instance serves them all
+
+
+class _MasterDemotedError(RedisConnectionError):
+    """The node a master connection talks to is a replica now; the command did not run."""
+
+
+class _SentinelMasterConnection(SentinelManagedConnection):
+    """A Sentinel master connection whose READONLY refusal is a retryable, distinct error.
+
+    redis-py turns READONLY into a plain ConnectionError, which cannot be retried safely (a
+    write may have run before a real connection loss); this one can: the command was refused.
+    """
+
+    async def read_response(
+        self,
+        disable_decoding: bool = False,
+        timeout: float | None = None,
+        *,
+        disconnect_on_error: float | None = True,  # (sic) redis-py's annotation of a flag
+        push_request: bool | None = False,
+    ) -> Any:
+        try:
+            return await AbstractConnection.read_response(
+                self,
+                disable_decoding=disable_decoding,
+                timeout=timeout,
+                disconnect_on_error=bool(disconnect_on_error),
+                push_request=push_request,
+            )
+        except ReadOnlyError as exc:
+            demoted = f"{self.host}:{self.port}"
+            await self.disconnect()
+            # redis-py's retry reconnects to host:port as they are (not through connect(),
+            # which would ask the sentinels), so point them at the master named now.
+            self.host, self.port = await self.connection_pool.get_master_address()
+            raise _MasterDemotedError(
+                f"{demoted} is no longer the master (it answered READONLY)"
+            ) from exc
+
+
+class _SentinelMasterSSLConnection(_SentinelMasterConnection, SentinelManagedSSLConnection):
+    """`_SentinelMasterConnection` over TLS."""
 
 
 def _tls_kwargs(tls: TLSSettings) -> dict[str, Any]:
@@ -103,6 +158,7 @@ class Connector:
                 ),
                 "socket_keepalive": s.socket_keepalive,
                 "protocol": _PROTOCOL,
+                "retry": _NO_RETRY,
             }
             if sk.ssl is not None:
                 sentinel_kwargs.update(ssl=True, **_tls_kwargs(sk.ssl))
@@ -128,13 +184,19 @@ class Connector:
             client: Redis = self._get_sentinel().master_for(
                 s.master_name,
                 connection_pool_class=SentinelConnectionPool,
+                connection_class=(
+                    _SentinelMasterConnection if s.ssl is None else _SentinelMasterSSLConnection
+                ),
                 max_connections=s.max_connections,
-                ssl=s.ssl is not None,
+                # One more try, only for a command a demoted master refused (it did not run).
+                retry=Retry(NoBackoff(), 1, supported_errors=(_MasterDemotedError,)),
                 **kwargs,
             )
             return client
         pool_kwargs: dict[str, Any] = {"max_connections": s.max_connections, **kwargs}
         if target.kind == "unix":
+            for name in _TCP_ONLY:
+                del pool_kwargs[name]
             pool = ConnectionPool(
                 connection_class=UnixDomainSocketConnection, path=target.path, **pool_kwargs
             )
@@ -142,35 +204,42 @@ class Connector:
             host, port = target.hosts[0]
             cls = SSLConnection if target.kind == "tls" else Connection
             pool = ConnectionPool(connection_class=cls, host=host, port=port, **pool_kwargs)
-        return Redis(connection_pool=pool)
+        # from_pool: the client owns the pool, so aclose() closes its connections too.
+        return Redis.from_pool(pool)
 
     async def open_pubsub(self) -> AbstractConnection:
         """Open and return a new, connected Pub/Sub connection (RESP2, no hidden retries).
 
-        Reads on it never time out (the multiplexer's liveness ping bounds them). For Sentinel the
-        current master is asked of the sentinels on every call, so a reconnect follows a failover.
+        One connection attempt, then a PING, so a refused password or client certificate fails
+        here rather than on the first SUBSCRIBE. Opening is bounded by ``socket_connect_timeout``
+        per step (connect and TLS handshake, then each of the AUTH/SELECT/PING replies); reads
+        on the returned connection never time out (the multiplexer's liveness ping bounds them).
+        For Sentinel the current master is asked of the sentinels on every call, so a reconnect
+        follows a failover, and idle command connections to a former master are dropped.
 
         Raises:
-            redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError: as redis-py
-            raises them; the multiplexer translates them.
+            redis.exceptions.ConnectionError (AuthenticationError for a refused password),
+            redis.exceptions.TimeoutError, redis.exceptions.ResponseError, OSError: as
+            redis-py raises them; the multiplexer translates them.
         """
         s = self._settings
         target = s.target
         kwargs = self._connection_kwargs()
         kwargs.update(
-            socket_timeout=None,
+            socket_timeout=s.socket_connect_timeout,  # the handshake; lifted once connected
             socket_connect_timeout=s.socket_connect_timeout,
-            retry=Retry(NoBackoff(), 0),
+            retry=_NO_RETRY,
             retry_on_timeout=False,
             health_check_interval=0,
         )
         conn: AbstractConnection
         if target.kind == "unix":
+            for name in _TCP_ONLY:
+                del kwargs[name]
             conn = UnixDomainSocketConnection(path=target.path or "", **kwargs)
         else:
             if target.kind == "sentinel":
-                assert s.master_name is not None
-                host, port = await self._get_sentinel().discover_master(s.master_name)
+                host, port = await self._master_address()
             else:
                 host, port = target.hosts[0]
             use_tls = target.kind == "tls" or (target.kind == "sentinel" and s.ssl is not None)
@@ -178,10 +247,25 @@ class Connector:
             conn = cls(host=host, port=int(port), **kwargs)
         try:
             await conn.connect()  # type: ignore[no-untyped-call]
+            await conn.send_command("PING", check_health=False)
+            await conn.read_response()
         except BaseException:
             await conn.disconnect()
             raise
+        conn.socket_timeout = None
         return conn
+
+    async def _master_address(self) -> tuple[str, int]:
+        """The master the sentinels name now; the command pool follows it (idle connections to
+        a former master are closed), so the Pub/Sub connection and commands agree."""
+        assert self._settings.master_name is not None  # the settings guarantee it
+        pool = self._client.connection_pool if self._client is not None else None
+        if isinstance(pool, SentinelConnectionPool):
+            address = await pool.get_master_address()  # type: ignore[no-untyped-call]
+        else:
+            address = await self._get_sentinel().discover_master(self._settings.master_name)
+        host, port = address
+        return str(host), int(port)
 
     async def aclose(self) -> None:
         """Close the command pool and the sentinel clients. Idempotent."""
