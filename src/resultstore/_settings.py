@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl as _ssl
+from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Self
@@ -235,6 +236,30 @@ class StoreSettings(BaseSettings):
             return cls(**options, url=url)
         finally:
             _ARGUMENTS_ONLY.reset(token)
+
+    @classmethod
+    def from_celery(cls, conf: Mapping[str, Any]) -> Self:
+        """Settings from a Celery app's configuration: the same Redis, TLS, keys and expiry.
+
+        Reads ``result_backend``, the ``redis_*`` settings, ``redis_backend_use_ssl``,
+        ``result_backend_transport_options`` (``master_name``, ``sentinel_kwargs``,
+        ``global_keyprefix``) and ``result_expires``; old upper-case names work too. Like
+        ``from_url``, it does not read the environment. Example::
+
+            store = ResultStore(StoreSettings.from_celery(celery_app.conf))
+
+        Args:
+            conf: ``app.conf`` of a Celery app, or any mapping of Celery setting names.
+
+        Raises:
+            ValueError: the result backend is not Redis/Valkey (``rpc://``, ``db+...``), or a
+                setting has no resultstore equivalent; the message names the setting.
+            pydantic.ValidationError: a translated value is invalid (a ``ValueError`` too).
+        """
+        from resultstore._celery_config import celery_settings
+
+        url, options = celery_settings(conf)
+        return cls.from_url(url, **options)
 
     @classmethod
     def settings_customise_sources(

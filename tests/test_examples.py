@@ -1,0 +1,289 @@
+"""Every example runs as its own process against a real server, as a user would run it.
+
+``basic.py`` and ``worker.py`` run as ``python examples/NAME.py``; ``celery_interop.py`` runs a
+real Celery worker process while its FastAPI app is driven in-process (lifespan included).
+Each process gets a timeout and is killed in ``finally``: none outlives its test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import celery._state
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from resultstore import ResultMeta, ResultStore, states
+from resultstore.testing import RedisServer
+from support import armed, until
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+QUEUE = "resultstore-demo:jobs"
+"""The job list of examples/worker.py."""
+
+
+class Process:
+    """A child process whose output goes to files (a full pipe can never block it)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, out: Path, err: Path) -> None:
+        self.proc = proc
+        self._out, self._err = out, err
+
+    @property
+    def stdout(self) -> str:
+        return self._out.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self._err.read_text()
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` unless the process has already ended."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signum)
+
+    async def wait(self, timeout: float) -> int:
+        """The exit code; fails the test (with the output) if the process runs past ``timeout``."""
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            pytest.fail(f"still running after {timeout} s\nstdout:\n{self.stdout}\n{self.stderr}")
+
+
+@asynccontextmanager
+async def started(*args: str, url: str, tmp_path: Path) -> AsyncIterator[Process]:
+    """Run ``python *args`` in the repo root with ``RESULTSTORE_URL=url``; kill it at the end."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTSTORE_")}
+    env["RESULTSTORE_URL"] = url
+    name = uuid.uuid4().hex[:8]
+    out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    with out.open("wb") as out_file, err.open("wb") as err_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *args,
+            cwd=ROOT,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out_file,
+            stderr=err_file,
+            start_new_session=True,  # its own process group: killed as a whole below
+        )
+    try:
+        yield Process(proc, out, err)
+    finally:
+        if proc.returncode is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[ResultStore]:
+    async with ResultStore.from_url(redis_server.url) as opened:
+        yield opened
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def job(task_id: str, steps: int, delay: float) -> str:
+    return json.dumps({"task_id": task_id, "steps": steps, "delay": delay})
+
+
+# --- basic.py ----------------------------------------------------------------------------------
+
+
+async def test_basic_example(redis_server: RedisServer, tmp_path: Path) -> None:
+    """basic.py goes through set, get, wait_for, watch, get_many and forget, and exits 0."""
+    async with started("examples/basic.py", url=redis_server.url, tmp_path=tmp_path) as proc:
+        assert await proc.wait(30) == 0, proc.stderr
+    out = proc.stdout
+    for expected in (
+        "get before set: PENDING",
+        "get after set:  SUCCESS {'sum': 3}",
+        "wait_for:       SUCCESS {'answer': 42}",
+        "watch:          PROGRESS {'step': 3, 'steps': 3}",
+        "watch:          SUCCESS {'answer': 42}",
+        "FAILURE",
+        "unwrap:         ValueError ('no such user',)",
+        "after forget:   PENDING",
+        "done",
+    ):
+        assert expected in out, out
+
+
+# --- worker.py ---------------------------------------------------------------------------------
+
+
+async def test_worker_runs_queued_jobs_concurrently(
+    redis_server: RedisServer, store: ResultStore, tmp_path: Path
+) -> None:
+    """Queued jobs (oldest first) report PROGRESS in order and end in SUCCESS; a malformed job
+    with a task id ends in FAILURE; ``--max-jobs`` makes the worker exit 0 once they are done."""
+    ids = [new_id() for _ in range(200)]
+    bad = new_id()
+    with redis_server.client() as admin:
+        admin.lpush(QUEUE, *[job(task_id, 3, 0.01) for task_id in ids])
+        admin.lpush(QUEUE, json.dumps({"task_id": bad, "steps": "many"}))
+    watched: list[ResultMeta] = []
+
+    async def watch_first() -> None:
+        watched.extend([meta async for meta in store.watch(ids[0])])
+
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(watch_first())
+        await armed(store, 1)  # subscribed before the worker starts: no update can be missed
+        args = ("examples/worker.py", "--max-jobs", "201", "--concurrency", "50")
+        async with started(*args, url=redis_server.url, tmp_path=tmp_path) as proc:
+            done = [meta async for meta in store.as_completed([*ids, bad], timeout=30)]
+            assert await proc.wait(10) == 0, proc.stderr
+    by_id = {meta.task_id: meta for meta in done}
+    assert all(by_id[t].status == states.SUCCESS for t in ids)
+    assert by_id[ids[0]].result == {"task_id": ids[0], "steps": 3}
+    assert by_id[bad].status == states.FAILURE
+    progress = [m.result["step"] for m in watched if m.status == "PROGRESS"]
+    assert progress == [1, 2, 3]
+    assert watched[-1].status == states.SUCCESS
+    assert "dropped malformed job" in proc.stderr
+    assert "200 jobs done, 1 failed, 0 abandoned" in proc.stderr
+    with redis_server.client() as admin:
+        assert admin.llen(QUEUE) == 0
+
+
+async def _until_progress(store: ResultStore, task_id: str) -> None:
+    """Until the job has stored its first PROGRESS (the worker is running it)."""
+    async with asyncio.timeout(20):
+        async for meta in store.watch(task_id):
+            if meta.status == "PROGRESS":
+                return
+
+
+async def test_worker_finishes_running_jobs_on_sigterm(
+    redis_server: RedisServer, store: ResultStore, tmp_path: Path
+) -> None:
+    """SIGTERM: the worker takes no new job, lets the running one finish, and exits 0."""
+    running, waiting = new_id(), new_id()
+    with redis_server.client() as admin:
+        admin.lpush(QUEUE, job(running, 10, 0.05))
+    args = ("examples/worker.py", "--grace", "30")
+    async with started(*args, url=redis_server.url, tmp_path=tmp_path) as proc:
+        await _until_progress(store, running)
+        proc.signal(signal.SIGTERM)
+        await until(lambda: "stopping: no new jobs" in proc.stderr)
+        with redis_server.client() as admin:
+            admin.lpush(QUEUE, job(waiting, 1, 0))  # given back if BRPOP takes it now
+        assert await proc.wait(15) == 0, proc.stderr
+    assert (await store.get(running)).status == states.SUCCESS
+    assert (await store.get(waiting)).status == states.PENDING
+    assert "received SIGTERM" in proc.stderr
+    assert "1 jobs done, 0 failed, 0 abandoned" in proc.stderr
+    with redis_server.client() as admin:
+        assert admin.lrange(QUEUE, 0, -1) == [job(waiting, 1, 0)]
+
+
+async def test_worker_abandons_and_requeues_jobs_after_the_grace_period(
+    redis_server: RedisServer, store: ResultStore, tmp_path: Path
+) -> None:
+    """A job still running when ``--grace`` ends is abandoned, logged, and put back on the queue
+    at the end BRPOP takes next; the worker exits 0 soon after the grace period."""
+    slow = job(new_id(), 1000, 0.05)
+    task_id = json.loads(slow)["task_id"]
+    with redis_server.client() as admin:
+        admin.lpush(QUEUE, slow)
+    args = ("examples/worker.py", "--grace", "0.2")
+    async with started(*args, url=redis_server.url, tmp_path=tmp_path) as proc:
+        await _until_progress(store, task_id)
+        proc.signal(signal.SIGINT)
+        assert await proc.wait(10) == 0, proc.stderr
+    assert "abandoned 1 running jobs; they are back on the queue" in proc.stderr
+    assert (await store.get(task_id)).status == "PROGRESS"
+    with redis_server.client() as admin:
+        assert admin.lrange(QUEUE, -1, -1) == [slow]
+        assert admin.llen(QUEUE) == 1
+
+
+# --- celery_interop.py -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def celery_example(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """examples/celery_interop.py, loaded fresh with RESULTSTORE_URL set to the test server."""
+    monkeypatch.setenv("RESULTSTORE_URL", redis_server.url)
+    previous = celery._state.get_current_app()
+    spec = importlib.util.spec_from_file_location(
+        "celery_interop_example", EXAMPLES / "celery_interop.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        yield module
+    finally:
+        module.celery_app.close()
+        celery._state._set_current_app(previous)  # the example's app made itself current
+
+
+async def test_celery_interop_example(
+    redis_server: RedisServer, celery_example: Any, tmp_path: Path
+) -> None:
+    """A real Celery worker computes; the FastAPI handler awaits the result with the store
+    built from the Celery app's configuration; a failing task answers 502 with its error, and
+    a task nobody runs answers 504."""
+    worker = (
+        "-m",
+        "celery",
+        "-A",
+        "examples.celery_interop",
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        "--loglevel=warning",
+        "--without-mingle",  # no 1 s wait for other workers' replies at startup
+        "--without-gossip",
+    )
+    async with (
+        started(*worker, url=redis_server.url, tmp_path=tmp_path) as proc,
+        LifespanManager(celery_example.api) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://example"
+        ) as client,
+    ):
+        try:
+            answer = await client.get("/add", params={"x": 2, "y": 3})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["result"] == 5
+
+            answers = await asyncio.gather(
+                *(client.get("/add", params={"x": i, "y": 1000}) for i in range(20))
+            )
+            assert [a.json()["result"] for a in answers] == [i + 1000 for i in range(20)]
+
+            failed = await client.get("/fail", params={"message": "boom"})
+            assert failed.status_code == 502, failed.text
+            detail = failed.json()["detail"]
+            assert (detail["error"], detail["message"]) == ("ValueError", ["boom"])
+        finally:
+            proc.signal(signal.SIGTERM)  # Celery's warm shutdown
+        assert await proc.wait(20) == 0, proc.stderr
+
+        # With the worker gone nothing computes: the handler answers 504 after its timeout.
+        late = await client.get("/add", params={"x": 1, "y": 1, "timeout": 0.3})
+        assert late.status_code == 504, late.text
+        assert late.json()["detail"]["error"] == "not ready in time"
