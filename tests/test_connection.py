@@ -558,3 +558,20 @@ async def test_repr_of_a_connected_store_never_contains_the_password(
         text = repr(store)
     assert "connected=True" in text
     assert AUTH_PASSWORD not in text
+
+
+async def test_no_sentinel_master_error_is_short_and_named(redis_launcher: RedisLauncher) -> None:
+    """With every sentinel unreachable, the store's error names the problem in a few hundred
+    characters, not redis-py's kilobytes of client reprs."""
+    group = redis_launcher.sentinel_group()
+    url, name = group.url, group.master_name
+    for sentinel in group.sentinels:
+        sentinel.stop()
+    async with ResultStore.from_url(url, master_name=name, socket_connect_timeout=0.5) as store:
+        with pytest.raises(StoreConnectionError) as info:
+            await store.get("x")
+    message = str(info.value)
+    assert "MasterNotFoundError" in message
+    assert len(message) < 500
+    group.master.stop()
+    group.replica.stop()

@@ -13,11 +13,18 @@ import redis.asyncio
 from resultstore import (
     PayloadDecodeError,
     ResultStore,
+    ResultStoreError,
     StoreConnectionError,
     states,
 )
 from resultstore._codec import encode_result
-from resultstore.testing import RedisLauncher, RedisServer, SentinelGroup
+from resultstore.testing import (
+    AUTH_USER,
+    AUTH_USER_PASSWORD,
+    RedisLauncher,
+    RedisServer,
+    SentinelGroup,
+)
 from support import SlowSubscribeProxy, armed, until
 
 pytestmark = pytest.mark.timeout(180)
@@ -369,3 +376,34 @@ async def test_global_keyprefix_applies_to_keys_and_channels(
         await store.set("gk", 1)
         await waiter
         assert admin.exists("app_celery-task-meta-gk")
+
+
+async def test_refused_subscribe_fails_its_waiters_without_reconnecting(
+    redis_auth_server: RedisServer,
+) -> None:
+    """An ACL that refuses the channel (NOPERM) fails those waiters with a clear error at once;
+    the connection is healthy, so the store neither reconnects nor spins."""
+    url = redis_auth_server.url_for(username=AUTH_USER, password=AUTH_USER_PASSWORD)
+    async with ResultStore.from_url(url, global_keyprefix="elsewhere") as store:
+        with pytest.raises(ResultStoreError, match=r"NOPERM|no permissions") as info:
+            await store.wait_for("refused", timeout=10)
+        assert "refused" in str(info.value)
+        assert store.statistics().reconnects == 0
+        assert store.statistics().channels == 0
+    async with ResultStore.from_url(url) as store:  # the permitted prefix still works
+        waiter = asyncio.create_task(store.wait_for("allowed", timeout=10))
+        await armed(store, 1)
+        await store.set("allowed", 1)
+        assert (await waiter).result == 1
+
+
+async def test_wrong_ca_fails_waiters_at_once_not_after_reconnect_timeout(
+    redis_tls_server: RedisServer,
+) -> None:
+    """A certificate that does not verify is a configuration error: waiting cannot fix it, so
+    waiters get StoreConnectionError right away instead of after reconnect_timeout (60 s here)."""
+    assert redis_tls_server.tls is not None
+    url = f"rediss://127.0.0.1:{redis_tls_server.port}/0?ssl_ca_certs={redis_tls_server.tls.other_ca_cert}"
+    async with ResultStore.from_url(url, reconnect_timeout=60) as store:
+        with pytest.raises(StoreConnectionError, match="certificate verify failed"):
+            await store.wait_for("tls", timeout=30)

@@ -30,6 +30,7 @@ from redis.asyncio.connection import (
 )
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
+    MasterNotFoundError,
     Sentinel,
     SentinelConnectionPool,
     SentinelManagedConnection,
@@ -41,7 +42,7 @@ from redis.exceptions import ReadOnlyError
 
 from ._settings import StoreSettings, TLSSettings
 
-__all__ = ["Connector"]
+__all__ = ["Connector", "explain"]
 
 logger = logging.getLogger("resultstore")
 
@@ -289,3 +290,20 @@ class Connector:
             tls = " tls" if s.ssl is not None else ""
             return f"sentinel {s.master_name}@{nodes}{tls}"
         return f"{target.kind} {nodes}"
+
+
+_EXPLAIN_LIMIT = 300
+
+
+def explain(exc: BaseException) -> str:
+    """A short description of a connection error, for messages and logs.
+
+    redis-py's "No master found" lists the repr of every sentinel client (kilobytes of text);
+    only its first clause says anything to a reader.
+    """
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, MasterNotFoundError):
+        text = text.split(" : ", 1)[0]
+    if len(text) > _EXPLAIN_LIMIT:
+        text = text[: _EXPLAIN_LIMIT - 3] + "..."
+    return f"{type(exc).__name__}: {text}"

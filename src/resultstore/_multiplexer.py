@@ -27,14 +27,15 @@ import asyncio
 import logging
 import random
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 import anyio
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
-from ._connection import Connector
+from ._connection import Connector, explain
 from ._exceptions import ResultStoreError, StoreConnectionError
 from ._waiters import Registry
 
@@ -52,8 +53,25 @@ _CHANNELS_PER_COMMAND: Final = 10_000
 _BACKOFF_BASE: Final = 0.05
 _BACKOFF_CAP: Final = 1.0
 _CLOSE_TIMEOUT: Final = 2.0
+_STABLE_AFTER: Final = 1.0  # a connection that lived this long resets the reconnect backoff
 # Errors that say the configuration is wrong, not that Redis is away: waiting will not help.
-_CONFIG_ERRORS: Final = (AuthenticationError, ssl.SSLError, FileNotFoundError, PermissionError)
+_CONFIG_ERRORS: Final = (
+    AuthenticationError,
+    ssl.SSLCertVerificationError,
+    FileNotFoundError,
+    PermissionError,
+)
+
+
+def _is_config_error(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or what caused it (redis-py wraps TLS failures) is a configuration error."""
+    for _ in range(6):
+        if exc is None:
+            return False
+        if isinstance(exc, _CONFIG_ERRORS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class _Lost(Exception):
@@ -82,6 +100,9 @@ class Multiplexer:
         self._connect_timeout = connect_timeout
         self.registry = Registry(self._on_join, self._on_leave, max_size=max_value_size)
         self._server: dict[bytes, int] = {}
+        # SUBSCRIBE commands sent and not fully confirmed: [confirmations still due, channels].
+        # Replies come in order, so a refusal (an error reply) belongs to the head.
+        self._unconfirmed: deque[list[Any]] = deque()
         self._dirty: set[bytes] = set()
         self._to_check: set[bytes] = set()
         self._wake = asyncio.Event()
@@ -142,22 +163,25 @@ class Multiplexer:
                     self._connect_failed(exc)
                     await self._sleep_down(_backoff(attempt))
                     continue
-                attempt = 0
                 if self._connections:
                     self.reconnects += 1
                 self._connections += 1
                 self._down_since = None
+                started = loop.time()
                 try:
                     reason = await self._serve(conn)
                 finally:
                     self._conn = None
                     self._server.clear()
+                    self._unconfirmed.clear()
                     with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
                         await conn.disconnect(nowait=True)
                 self._down_since = loop.time()
                 self._last_error = reason
                 logger.warning("resultstore Pub/Sub connection lost (%s); reconnecting", reason)
-                await anyio.sleep(random.uniform(0, _BACKOFF_BASE))
+                # A connection that dies young keeps the backoff growing: no reconnect storms.
+                attempt = 0 if loop.time() - started >= _STABLE_AFTER else attempt + 1
+                await anyio.sleep(_backoff(attempt) if attempt else random.uniform(0, 0.05))
 
     async def _wait_for_interest(self) -> None:
         while not len(self.registry):
@@ -165,8 +189,8 @@ class Multiplexer:
             await self._wake.wait()
 
     def _connect_failed(self, exc: BaseException) -> None:
-        self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if isinstance(exc, _CONFIG_ERRORS):
+        self._last_error = explain(exc)
+        if _is_config_error(exc):
             # Retrying cannot fix a wrong password or certificate: tell the waiters now.
             self.registry.fail_where(self._config_error, lambda _created: True)
         logger.warning("resultstore cannot connect its Pub/Sub connection: %s", self._last_error)
@@ -203,6 +227,7 @@ class Multiplexer:
         self._conn = conn
         self._dead = None
         self._server.clear()
+        self._unconfirmed.clear()
         self._dirty = set(self.registry.channels())
         self.registry.epoch += 1
         self._last_read = asyncio.get_running_loop().time()
@@ -220,7 +245,12 @@ class Multiplexer:
         deliver = self.registry.deliver
         try:
             while True:
-                reply = await read(disable_decoding=True, disconnect_on_error=False)
+                try:
+                    reply = await read(disable_decoding=True, disconnect_on_error=False)
+                except ResponseError as exc:
+                    self._last_read = loop.time()
+                    self._subscribe_refused(exc)
+                    continue
                 self._last_read = loop.time()
                 kind = reply[0]
                 if kind == b"message":
@@ -234,7 +264,27 @@ class Multiplexer:
             self._dead = exc
             self._wake.set()
 
+    def _subscribe_refused(self, exc: ResponseError) -> None:
+        """The server refused a whole SUBSCRIBE (an ACL's NOPERM): fail its channels' waiters."""
+        if not self._unconfirmed:
+            raise exc  # an error nobody asked for: treat the connection as broken
+        _, channels = self._unconfirmed.popleft()
+        reason = str(exc)
+
+        def refused(task_id: str) -> ResultStoreError:
+            return ResultStoreError(f"Redis refused to subscribe to task {task_id}: {reason}")
+
+        for channel in channels:
+            if self._server.get(channel) == _SUBSCRIBING:
+                del self._server[channel]
+            self.registry.fail(channel, refused)
+
     def _confirmed_sub(self, channel: bytes) -> None:
+        head = self._unconfirmed[0] if self._unconfirmed else None
+        if head is not None:
+            head[0] -= 1
+            if not head[0]:
+                self._unconfirmed.popleft()
         if self._server.get(channel) == _SUBSCRIBING:
             self._server[channel] = _SUBSCRIBED
             if channel in self.registry:
@@ -298,6 +348,9 @@ class Multiplexer:
             for name, channels in (("SUBSCRIBE", subs), ("UNSUBSCRIBE", unsubs))
             for i in range(0, len(channels), step)
         ]
+        for i in range(0, len(subs), step):
+            chunk = subs[i : i + step]
+            self._unconfirmed.append([len(chunk), chunk])
         if commands:
             await self._send(conn, commands)
 

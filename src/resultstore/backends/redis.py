@@ -16,7 +16,7 @@ from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._connection import Connector
+from .._connection import Connector, explain
 from .._exceptions import ResultStoreError, StoreConnectionError
 from .._multiplexer import Multiplexer
 from .._settings import StoreSettings
@@ -92,12 +92,12 @@ class RedisBackend:
                 yield
         except AuthenticationError as exc:
             raise StoreConnectionError(
-                f"{what} failed: Redis refused the credentials ({self.describe()}): {exc}; "
-                "check username/password"
+                f"{what} failed: Redis refused the credentials ({self.describe()}): "
+                f"{explain(exc)}; check username/password"
             ) from exc
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreConnectionError(
-                f"{what} failed: Redis unreachable ({self.describe()}): {exc}"
+                f"{what} failed: Redis unreachable ({self.describe()}): {explain(exc)}"
             ) from exc
         except RedisError as exc:
             raise ResultStoreError(f"{what} failed: {exc}") from exc
