@@ -41,3 +41,8 @@ test: $(STAMP) redis-server lint
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+
+# The main job: a throwaway redis-server (or RESULTSTORE_URL, or memory:// without a binary),
+# the example worker and FastAPI app under uvicorn, and a few hundred concurrent requests.
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py

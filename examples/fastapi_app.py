@@ -8,11 +8,13 @@ Run it (Redis at ``RESULTSTORE_URL``, default ``redis://127.0.0.1:6379/0``)::
     curl 'localhost:8000/jobs/<task_id>/result?timeout=30'        # waits; 504 if not ready
 
 A job here is an in-process asyncio task that stores PROGRESS states and then its result, as a
-Celery worker would; any other writer of Celery results (a real worker) works the same way.
+Celery worker would. With ``RESULTSTORE_DEMO_JOBS=worker`` jobs go instead to the Redis list that
+``examples/worker.py`` takes them from (``make demo`` runs it that way): the app only waits.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -22,6 +24,7 @@ from functools import partial
 from typing import Annotated, Any
 
 import anyio
+import redis.asyncio as redis
 from anyio.abc import TaskGroup
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
@@ -37,6 +40,7 @@ from resultstore.fastapi import (
 )
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+QUEUE = "resultstore-demo:jobs"  # the list examples/worker.py takes jobs from
 
 logger = logging.getLogger("examples.fastapi_app")
 
@@ -44,11 +48,21 @@ logger = logging.getLogger("examples.fastapi_app")
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """One store for the app, and a task group that owns the running jobs."""
-    settings = StoreSettings(url=os.environ.get("RESULTSTORE_URL", DEFAULT_URL))
-    async with open_result_store(app, settings), anyio.create_task_group() as jobs:
+    url = os.environ.get("RESULTSTORE_URL", DEFAULT_URL)
+    async with open_result_store(app, StoreSettings(url=url)), anyio.create_task_group() as jobs:
         app.state.jobs = jobs
-        yield
-        jobs.cancel_scope.cancel()  # unfinished jobs stop at shutdown, before the store closes
+        app.state.queue = None
+        if os.environ.get("RESULTSTORE_DEMO_JOBS") == "worker":
+            # A blocking pool: redis-py's default pool raises MaxConnectionsError past 100
+            # concurrent commands instead of waiting for a free connection.
+            pool = redis.BlockingConnectionPool.from_url(url, max_connections=20, timeout=30)
+            app.state.queue = redis.Redis.from_pool(pool)
+        try:
+            yield
+        finally:
+            jobs.cancel_scope.cancel()  # unfinished jobs stop at shutdown, before the store closes
+            if app.state.queue is not None:
+                await app.state.queue.aclose()
 
 
 app = FastAPI(title="resultstore example", lifespan=lifespan)
@@ -83,8 +97,13 @@ async def submit_job(
     """Start a job; answer its task id and where to follow it."""
     task_id = str(uuid.uuid4())
     await store.set(task_id, None, state=states.STARTED)
-    jobs: TaskGroup = request.app.state.jobs
-    jobs.start_soon(partial(run_job, store, task_id, duration=duration, steps=steps, fail=fail))
+    queue: redis.Redis | None = request.app.state.queue
+    if queue is not None and not fail:  # examples/worker.py runs it (see its queue protocol)
+        job = {"task_id": task_id, "steps": steps, "delay": duration / steps}
+        await queue.lpush(QUEUE, json.dumps(job))
+    else:
+        jobs: TaskGroup = request.app.state.jobs
+        jobs.start_soon(partial(run_job, store, task_id, duration=duration, steps=steps, fail=fail))
     return {
         "task_id": task_id,
         "result": f"/jobs/{task_id}/result",

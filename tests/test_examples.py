@@ -11,7 +11,9 @@ import asyncio
 import importlib.util
 import json
 import os
+import re
 import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -287,3 +289,47 @@ async def test_celery_interop_example(
         late = await client.get("/add", params={"x": 1, "y": 1, "timeout": 0.3})
         assert late.status_code == 504, late.text
         assert late.json()["detail"]["error"] == "not ready in time"
+
+
+def _demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, "examples/demo.py", "--requests", "30", "--duration", "0.2"]
+    return subprocess.run(
+        [*args, "--steps", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def _assert_all_gone(stdout: str) -> None:
+    line = next(line for line in stdout.splitlines() if "Stopped everything" in line)
+    pids = [int(p) for p in line.split("(pids ")[1].rstrip(").").split()]
+    assert pids
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie awaiting its reaper counts as gone
+            assert stat.read().split()[2] == "Z", f"process {pid} outlived the demo"
+
+
+def test_demo_runs_end_to_end_and_leaves_no_process() -> None:
+    """`make demo`'s script: its own redis-server, worker and uvicorn app, concurrent requests,
+    a summary with zero errors and one Pub/Sub connection, exit 0, nothing left running."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTSTORE_")}
+    proc = _demo(env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resultstore demo" in proc.stdout
+    assert re.search(r"errors\s+│\s+0\s", proc.stdout), proc.stdout
+    assert re.search(r"Pub/Sub connections at peak \(server\)\s+│\s+1\s", proc.stdout)
+    _assert_all_gone(proc.stdout)
+
+
+def test_demo_without_redis_server_runs_on_memory() -> None:
+    """Without a redis-server binary the demo says so and runs on memory://, still exit 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTSTORE_")}
+    env["PATH"] = str(Path(sys.executable).parent)
+    proc = _demo(env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "No redis-server binary found" in proc.stdout
+    assert "memory://" in proc.stdout
+    assert re.search(r"errors\s+│\s+0\s", proc.stdout), proc.stdout
+    _assert_all_gone(proc.stdout)

@@ -422,3 +422,13 @@ async def test_example_app_under_uvicorn(redis_server: RedisServer) -> None:
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+def test_dependency_runs_on_the_event_loop_not_in_the_threadpool() -> None:
+    """FastAPI sends a plain ``def`` dependency through its thread pool on every request; the
+    store dependency is a coroutine function, so handlers get the store without a thread hop."""
+    import inspect
+
+    from resultstore.fastapi import get_result_store
+
+    assert inspect.iscoroutinefunction(get_result_store)

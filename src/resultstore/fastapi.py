@@ -163,8 +163,11 @@ def result_store_lifespan(
     return lifespan
 
 
-def get_result_store(connection: HTTPConnection) -> ResultStore:
+async def get_result_store(connection: HTTPConnection) -> ResultStore:
     """FastAPI dependency: the app's open store (lifespan state first, then ``app.state``).
+
+    It is ``async`` although it awaits nothing: FastAPI runs a plain ``def`` dependency in its
+    thread pool, which would cost every request a thread hop (and queue them behind 40 threads).
 
     Raises:
         RuntimeError: no store was opened for this app (a configuration error).
