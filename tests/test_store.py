@@ -1,8 +1,14 @@
-"""The store's contract, run on both backends (``memory://`` and a real redis-server)."""
+"""The store's contract, run on both backends (``memory://`` and a real redis-server).
+
+``RESULTSTORE_TEST_URL=redis://host:port/db`` runs the Redis half against that server instead
+(for example a Valkey or a docker-compose service); each test then uses a key prefix of its own.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
@@ -28,18 +34,30 @@ pytestmark = pytest.mark.timeout(60)
 Inject = Callable[[str, bytes], Awaitable[None]]
 
 
+EXTERNAL_URL = os.environ.get("RESULTSTORE_TEST_URL")
+
+
 @pytest.fixture(params=["memory", "redis"])
 def store_url(request: pytest.FixtureRequest) -> str:
     """Each contract test runs once in memory and once on its own redis-server."""
     if request.param == "memory":
         return "memory://"
+    if EXTERNAL_URL:
+        return EXTERNAL_URL
     server: RedisServer = request.getfixturevalue("redis_server")
     return server.url
 
 
 @pytest.fixture
-async def store(store_url: str) -> AsyncIterator[ResultStore]:
-    async with ResultStore.from_url(store_url, max_value_size=1024 * 1024) as opened:
+def prefix() -> str:
+    """A key prefix per test on an external server, so runs never see each other's results."""
+    return f"t{uuid.uuid4().hex[:12]}" if EXTERNAL_URL else ""
+
+
+@pytest.fixture
+async def store(store_url: str, prefix: str) -> AsyncIterator[ResultStore]:
+    options = {"max_value_size": 1024 * 1024, "global_keyprefix": prefix}
+    async with ResultStore.from_url(store_url, **options) as opened:
         yield opened
 
 
@@ -270,8 +288,8 @@ async def test_result_as_validates_into_a_type(store: ResultStore) -> None:
     assert meta.result_as(Answer) == Answer(value=7)
 
 
-async def test_closed_store_refuses_every_call(store_url: str) -> None:
-    store = ResultStore.from_url(store_url)
+async def test_closed_store_refuses_every_call(store_url: str, prefix: str) -> None:
+    store = ResultStore.from_url(store_url, global_keyprefix=prefix)
     async with store:
         pass
     for call in (
@@ -288,8 +306,10 @@ async def test_closed_store_refuses_every_call(store_url: str) -> None:
             pass
 
 
-async def test_wait_for_needs_an_open_store_but_get_and_set_do_not(store_url: str) -> None:
-    store = ResultStore.from_url(store_url)
+async def test_wait_for_needs_an_open_store_but_get_and_set_do_not(
+    store_url: str, prefix: str
+) -> None:
+    store = ResultStore.from_url(store_url, global_keyprefix=prefix)
     try:
         await store.set("n1", 5)
         assert (await store.get("n1")).result == 5
@@ -299,8 +319,8 @@ async def test_wait_for_needs_an_open_store_but_get_and_set_do_not(store_url: st
         await store.aclose()
 
 
-async def test_closing_the_store_fails_pending_waiters(store_url: str) -> None:
-    async with ResultStore.from_url(store_url) as store:
+async def test_closing_the_store_fails_pending_waiters(store_url: str, prefix: str) -> None:
+    async with ResultStore.from_url(store_url, global_keyprefix=prefix) as store:
         waiter = asyncio.create_task(store.wait_for("pending"))
         await registered(store)
     with pytest.raises(StoreClosedError):
