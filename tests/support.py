@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
+
+import pytest
+from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from resultstore import ResultStore
 
@@ -90,3 +95,67 @@ class SlowSubscribeProxy:
             pass
         finally:
             writer.close()
+
+
+URLISH = st.lists(
+    st.sampled_from(
+        [
+            "redis://",
+            "rediss://",
+            "unix://",
+            "socket://",
+            "redis+socket://",
+            "sentinel://",
+            "memory://",
+            ";",
+            ",",
+            "[",
+            "]",
+            "%",
+            "%4",
+            "@",
+            ":",
+            "/",
+            "?",
+            "&",
+            "=",
+            "#",
+            "::1",
+            "h",
+            "0",
+            "6379",
+            "\u0661",
+            "db",
+            "ssl_cert_reqs",
+            "virtual_host",
+            "master_name",
+            "[::1]",
+            "%2F",
+            "26379",
+            "db=",
+            "master_name=m",
+            "ssl_cert_reqs=",
+            "none",
+            "socket_timeout=",
+            "virtual_host=",
+        ]
+    )
+    | st.text(max_size=3),
+    max_size=12,
+).map("".join)
+"""Strings built from URL fragments (schemes, separators, ports, query keys) plus bits of noise:
+hypothesis finds parser corner cases far faster with these than with arbitrary text alone."""
+
+
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove every RESULTSTORE_* variable of the machine (settings tests read the environment)."""
+    for name in list(os.environ):
+        if name.upper().startswith("RESULTSTORE_"):
+            monkeypatch.delenv(name)
+
+
+def attribute(obj: object, path: str) -> object:
+    """``obj.a.b`` for ``path="a.b"``, with a SecretStr at the end unwrapped."""
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj.get_secret_value() if isinstance(obj, SecretStr) else obj

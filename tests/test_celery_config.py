@@ -16,7 +16,6 @@ from typing import Any
 
 import celery
 import pytest
-from pydantic import SecretStr
 
 from resultstore import ResultStore, StoreSettings, states
 from resultstore.testing import (
@@ -25,6 +24,7 @@ from resultstore.testing import (
     RedisServerNotFoundError,
     SentinelGroup,
 )
+from support import attribute, clean_environment
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -39,17 +39,7 @@ SENTINELS = "sentinel://h1:26379/0;sentinel://h2:26380/0"
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep RESULTSTORE_* variables of the machine out of these tests."""
-    import os
-
-    for name in list(os.environ):
-        if name.upper().startswith("RESULTSTORE_"):
-            monkeypatch.delenv(name)
-
-
-def _value(obj: object, path: str) -> object:
-    for name in path.split("."):
-        obj = getattr(obj, name)
-    return obj.get_secret_value() if isinstance(obj, SecretStr) else obj
+    clean_environment(monkeypatch)
 
 
 def _app(backend: str | None = None, **conf: Any) -> Any:
@@ -323,7 +313,7 @@ def test_celery_config_becomes_settings(conf: dict[str, Any], expected: dict[str
     """Each Celery configuration becomes the settings in the table; passwords stay secret."""
     settings = StoreSettings.from_celery(conf)
     for path, value in expected.items():
-        assert _value(settings, path) == value, path
+        assert attribute(settings, path) == value, path
     assert PASSWORD not in repr(settings)
     assert PASSWORD not in settings.url
     assert PASSWORD not in settings.model_dump_json()

@@ -13,6 +13,7 @@ from pydantic import SecretStr, ValidationError
 
 from resultstore._settings import SentinelSettings, StoreSettings, TLSSettings
 from resultstore._url import redact_url
+from support import URLISH, attribute, clean_environment
 
 PASSWORD = "hunter2-SECRET"
 SENTINEL = "sentinel://h1:26379/0;sentinel://h2:26380/0"
@@ -21,17 +22,7 @@ SENTINEL = "sentinel://h1:26379/0;sentinel://h2:26380/0"
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep RESULTSTORE_* variables of the machine out of these tests."""
-    import os
-
-    for name in list(os.environ):
-        if name.upper().startswith("RESULTSTORE_"):
-            monkeypatch.delenv(name)
-
-
-def _value(obj: object, path: str) -> object:
-    for name in path.split("."):
-        obj = getattr(obj, name)
-    return obj.get_secret_value() if isinstance(obj, SecretStr) else obj
+    clean_environment(monkeypatch)
 
 
 # Each case: keyword arguments, then either the expected attribute values or an error fragment.
@@ -292,7 +283,7 @@ def test_settings_table(kwargs: dict[str, Any], expected: dict[str, object] | st
         return
     resolved = StoreSettings(**kwargs)
     for path, value in expected.items():
-        assert _value(resolved, path) == value, path
+        assert attribute(resolved, path) == value, path
 
 
 def test_table_has_at_least_40_cases() -> None:
@@ -454,50 +445,10 @@ def test_secrets_never_shown_in_validation_errors(kwargs: dict[str, Any]) -> Non
         assert PASSWORD not in text
 
 
-_URLISH = st.lists(
-    st.sampled_from(
-        [
-            "redis://",
-            "rediss://",
-            "unix://",
-            "socket://",
-            "redis+socket://",
-            "sentinel://",
-            "memory://",
-            ";",
-            ",",
-            "[",
-            "]",
-            "[::1]",
-            "%",
-            "%2F",
-            "@",
-            ":",
-            "/",
-            "?",
-            "&",
-            "=",
-            "h",
-            "0",
-            "26379",
-            "\u0661",
-            "db=",
-            "master_name=m",
-            "ssl_cert_reqs=",
-            "none",
-            "socket_timeout=",
-            "virtual_host=",
-        ]
-    )
-    | st.text(max_size=3),
-    max_size=12,
-).map("".join)
-
-
 @settings(
     max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(url=st.one_of(st.text(), _URLISH))
+@given(url=st.one_of(st.text(), URLISH))
 def test_any_url_text_gives_settings_or_validation_error(url: str) -> None:
     """For any text as url: a valid StoreSettings or a pydantic ValidationError, nothing else."""
     assert isinstance(redact_url(url), str)

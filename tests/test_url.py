@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from resultstore import _url
 from resultstore._url import ParsedURL, parse_url, redact_url, remove_password
+from support import URLISH
 
 PASSWORD = "hunter2-SECRET"
 
@@ -160,47 +161,8 @@ def test_remove_password_keeps_everything_else(url: str, stripped: str) -> None:
     assert parse_url(stripped).password is None
 
 
-_URLISH = st.lists(
-    st.sampled_from(
-        [
-            "redis://",
-            "rediss://",
-            "unix://",
-            "socket://",
-            "redis+socket://",
-            "sentinel://",
-            "memory://",
-            ";",
-            ",",
-            "[",
-            "]",
-            "%",
-            "%4",
-            "@",
-            ":",
-            "/",
-            "?",
-            "&",
-            "=",
-            "#",
-            "::1",
-            "h",
-            "0",
-            "6379",
-            "\u0661",
-            "db",
-            "ssl_cert_reqs",
-            "virtual_host",
-            "master_name",
-        ]
-    )
-    | st.text(max_size=3),
-    max_size=12,
-).map("".join)
-
-
 @settings(max_examples=500, deadline=None)
-@given(url=st.one_of(st.text(), _URLISH))
+@given(url=st.one_of(st.text(), URLISH))
 def test_parse_url_raises_only_value_error(url: str) -> None:
     """For any string, parse_url returns a ParsedURL or raises ValueError; redact never raises."""
     try:
@@ -232,7 +194,7 @@ _USERINFO_START = st.tuples(
 
 
 @settings(max_examples=500, deadline=None)
-@given(start=_USERINFO_START, secret=st.text(max_size=8), after=_URLISH, encode=st.booleans())
+@given(start=_USERINFO_START, secret=st.text(max_size=8), after=URLISH, encode=st.booleans())
 def test_messages_and_redaction_never_show_the_password(
     start: str, secret: str, after: str, encode: bool
 ) -> None:
