@@ -818,3 +818,42 @@ def test_check_size_refuses_one_byte_over_and_names_the_setting() -> None:
     assert "11" in str(info.value)
     assert "10" in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        encode_result("t", {"a": [1, 2]}, state="SUCCESS"),
+        encode_result("t", ValueError("x", 2), state="FAILURE", traceback="tb"),
+        encode_result("t", {"step": 1}, state="PROGRESS"),
+        encode_result(
+            "t",
+            1,
+            state="SUCCESS",
+            group_id="g",
+            parent_id="p",
+            extended={"name": "n", "args": [1], "kwargs": {}, "worker": "w", "retries": 0},
+        ),
+        b'{"status": "SUCCESS", "result": 1, "children": null, "date_done": null}',
+    ],
+)
+def test_decoded_meta_equals_a_fully_validated_one(payload: bytes) -> None:
+    """The decoder skips pydantic's validation for speed; what it builds must be exactly what
+    validation would build from the same values (fields, fields set, defaults)."""
+    meta = decode_result("t", payload)
+    validated = ResultMeta.model_validate(
+        {name: getattr(meta, name) for name in meta.model_fields_set}, strict=True
+    )
+    assert meta == validated
+    assert meta.model_fields_set == validated.model_fields_set
+    assert meta.model_dump(exclude={"result"}) == validated.model_dump(exclude={"result"})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("traceback", 5), ("children", {}), ("retries", "3"), ("retries", True), ("worker", 1)],
+)
+def test_field_of_the_wrong_type_is_a_decode_error(field: str, value: object) -> None:
+    doc = {"status": "SUCCESS", "result": 1, field: value}
+    with pytest.raises(PayloadDecodeError, match=field):
+        decode_result("t", json.dumps(doc).encode())

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from resultstore import (
     PayloadDecodeError,
@@ -407,3 +409,16 @@ async def test_wrong_ca_fails_waiters_at_once_not_after_reconnect_timeout(
     async with ResultStore.from_url(url, reconnect_timeout=60) as store:
         with pytest.raises(StoreConnectionError, match="certificate verify failed"):
             await store.wait_for("tls", timeout=30)
+
+
+@given(args=st.lists(st.binary(max_size=40), min_size=1, max_size=20))
+def test_hand_packed_commands_match_redis_py(args: list[bytes]) -> None:
+    """The multiplexer packs its SUBSCRIBE/UNSUBSCRIBE itself (3x faster for 10,000 channels);
+    the bytes must be exactly redis-py's."""
+    from redis.asyncio.connection import Connection
+
+    from resultstore._multiplexer import _pack
+
+    packer = Connection()
+    for name in (b"SUBSCRIBE", b"UNSUBSCRIBE"):
+        assert _pack(name, args) == b"".join(packer.pack_command(name, *args))

@@ -174,3 +174,29 @@ class ResultMeta(BaseModel):
             f"ResultMeta(task_id={self.task_id!r}, status={self.status!r}, "
             f"result={_repr.repr(self.result)})"
         )
+
+
+_new = object.__new__
+_set = object.__setattr__
+_DEFAULTS: dict[str, Any] = {
+    name: field.get_default(call_default_factory=True)
+    for name, field in ResultMeta.model_fields.items()
+    if name != "children"  # a fresh list per instance; the decoder always supplies one
+}
+
+
+def trusted_meta(fields: dict[str, Any]) -> ResultMeta:
+    """Build a :class:`ResultMeta` from values the decoder has already type-checked.
+
+    This is ``model_construct`` without its per-field loop: the reader's hot path builds one
+    per message, and full validation would cost more than the JSON parse it follows. Callers
+    guarantee every value has its field's type (``_codec.decode_result`` checks each one).
+    """
+    meta = _new(ResultMeta)
+    values = _DEFAULTS.copy()
+    values.update(fields)
+    _set(meta, "__dict__", values)
+    _set(meta, "__pydantic_fields_set__", set(fields))
+    _set(meta, "__pydantic_extra__", None)
+    _set(meta, "__pydantic_private__", None)
+    return meta

@@ -312,7 +312,7 @@ class Multiplexer:
                 ping_sent = None
             if ping_sent is None and now - self._last_read >= self._ping_interval:
                 ping_sent = now
-                if not await self._send(conn, [("PING",)]):
+                if not await self._send(conn, [_PING]):
                     continue
             if ping_sent is not None and now - ping_sent >= self._ping_timeout:
                 return f"no reply to PING within ping_timeout={self._ping_timeout:g}s"
@@ -343,24 +343,21 @@ class Multiplexer:
                 server[channel] = _UNSUBSCRIBING
         self._dirty.clear()
         step = _CHANNELS_PER_COMMAND
-        commands: list[tuple[bytes | str, ...]] = [
-            (name, *channels[i : i + step])
-            for name, channels in (("SUBSCRIBE", subs), ("UNSUBSCRIBE", unsubs))
-            for i in range(0, len(channels), step)
-        ]
-        for i in range(0, len(subs), step):
-            chunk = subs[i : i + step]
-            self._unconfirmed.append([len(chunk), chunk])
+        commands: list[bytes] = []
+        for name, channels in ((b"SUBSCRIBE", subs), (b"UNSUBSCRIBE", unsubs)):
+            for i in range(0, len(channels), step):
+                chunk = channels[i : i + step]
+                commands.append(_pack(name, chunk))
+                if name == b"SUBSCRIBE":
+                    self._unconfirmed.append([len(chunk), chunk])
         if commands:
             await self._send(conn, commands)
 
-    async def _send(
-        self, conn: AbstractConnection, commands: list[tuple[bytes | str, ...]]
-    ) -> bool:
-        """Write commands; a failed or stuck write marks the connection dead."""
+    async def _send(self, conn: AbstractConnection, commands: list[bytes]) -> bool:
+        """Write packed commands; a failed or stuck write marks the connection dead."""
         try:
             with anyio.fail_after(self._ping_timeout):
-                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                await conn.send_packed_command(commands, check_health=False)
         except (OSError, RedisError, TimeoutError) as exc:
             self._dead = exc
             return False
@@ -407,6 +404,16 @@ class Multiplexer:
 
         for channel in batch:
             self.registry.fail(channel, make)
+
+
+_PING: Final = b"*1\r\n$4\r\nPING\r\n"
+
+
+def _pack(name: bytes, args: list[bytes]) -> bytes:
+    """A RESP command: redis-py's general packer takes ~3x as long for 10,000 channels."""
+    parts = [b"*%d\r\n$%d\r\n%s\r\n" % (len(args) + 1, len(name), name)]
+    parts += [b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args]
+    return b"".join(parts)
 
 
 def _backoff(attempt: int) -> float:

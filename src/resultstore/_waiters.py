@@ -166,8 +166,8 @@ class Registry:
                 ``(seq, epoch)`` when the check was sent.
         """
         entry = self._entries.get(channel)
-        if entry is None:
-            return
+        if entry is None or (payload is None and not entry.watchers):
+            return  # nobody to tell, or only waiters, who ignore PENDING
         try:
             meta = decode_result(entry.task_id, payload, max_size=self._max_size)
         except PayloadDecodeError as exc:
