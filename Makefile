@@ -43,6 +43,21 @@ test: $(STAMP) redis-server lint
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
 
+# Benchmarks (benchmarks/README.md): a throwaway redis-server per run, every figure a ratio against a
+# reference measured in the same run. arq pins redis<6, so it gets a venv of its own, made once.
+bench: $(STAMP) redis-server
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@benchmarks/.venv-arq/bin/python -c 'import arq' 2>/dev/null || { \
+	  echo "creating benchmarks/.venv-arq (arq needs redis<6)"; \
+	  rm -rf benchmarks/.venv-arq && $(PYTHON) -m venv benchmarks/.venv-arq && \
+	  benchmarks/.venv-arq/bin/python -m pip install -q arq || \
+	  echo "arq could not be installed: the arq peer will be skipped"; }
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: $(STAMP) redis-server
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks.run --quick
+
 # The main job: a throwaway redis-server (or RESULTSTORE_URL, or memory:// without a binary),
 # the example worker and FastAPI app under uvicorn, and a few hundred concurrent requests.
 demo: $(STAMP)

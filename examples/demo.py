@@ -23,6 +23,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, ExitStack, contextmanager
@@ -37,6 +38,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()
 STARTED: list[int] = []  # pids of every process the demo started, reported at the end
+LOGS = Path(tempfile.mkdtemp(prefix="resultstore-demo-"))  # the worker's and the app's output
 
 
 def free_port() -> int:
@@ -49,7 +51,7 @@ def free_port() -> int:
 @contextmanager
 def process(name: str, args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     """Run a child process; on exit: SIGTERM, a few seconds' grace, then SIGKILL."""
-    log = open(ROOT / "benchmarks" / "results" / f"demo-{name}.log", "wb")  # noqa: SIM115
+    log = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     STARTED.append(proc.pid)
     try:
@@ -92,7 +94,7 @@ def redis_url(stack: ExitStack) -> Iterator[str]:
 def wait_until_up(base: str, app: subprocess.Popen[bytes], deadline: float) -> None:
     while time.monotonic() < deadline:
         if app.poll() is not None:
-            raise SystemExit("the FastAPI app exited at start; see benchmarks/results/demo-app.log")
+            raise SystemExit(f"the FastAPI app exited at start; see {LOGS / 'app.log'}")
         try:
             if httpx.get(f"{base}/openapi.json", timeout=1).status_code == 200:
                 return
@@ -203,7 +205,6 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=1.0, help="seconds each job runs")
     parser.add_argument("--steps", type=int, default=4, help="PROGRESS updates per job")
     args = parser.parse_args()
-    (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         url = stack.enter_context(redis_url(stack))
         args.memory = url.startswith("memory://")
@@ -227,6 +228,7 @@ def main() -> int:
         latencies, errors, peak = asyncio.run(load(base, url, args))
         summary(latencies, errors, peak, args)
     console.print(f"Stopped everything the demo started (pids {' '.join(map(str, STARTED))}).")
+    console.print(f"Logs of the worker and the app: {LOGS}")
     return 0 if errors == 0 else 1
 
 
