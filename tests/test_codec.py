@@ -857,3 +857,14 @@ def test_field_of_the_wrong_type_is_a_decode_error(field: str, value: object) ->
     doc = {"status": "SUCCESS", "result": 1, field: value}
     with pytest.raises(PayloadDecodeError, match=field):
         decode_result("t", json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("date_done", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_date_done_without_a_utc_form_is_a_decode_error(date_done: str) -> None:
+    """A date that overflows when moved to UTC is malformed input, not an OverflowError."""
+    doc = {"status": "SUCCESS", "result": 1, "date_done": date_done}
+    with pytest.raises(PayloadDecodeError, match="date_done"):
+        decode_result("t", json.dumps(doc).encode())
+    envelope = {"__type__": "datetime", "__value__": date_done}
+    with pytest.raises(PayloadDecodeError):
+        decode_result("t", json.dumps({**doc, "date_done": envelope}).encode())

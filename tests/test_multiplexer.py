@@ -424,3 +424,21 @@ def test_hand_packed_commands_match_redis_py(args: list[bytes]) -> None:
     packer = Connection()
     for name in (b"SUBSCRIBE", b"UNSUBSCRIBE"):
         assert _pack(name, args) == b"".join(packer.pack_command(name, *args))
+
+
+async def test_payload_that_breaks_the_decoder_fails_only_its_waiters(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    """A date that overflows in UTC conversion once escaped the decoder and stopped the store;
+    now it fails that task's waiters and everything else keeps working."""
+    bad = b'{"status": "SUCCESS", "result": 1, "date_done": "0001-01-01T00:00:00+01:00"}'
+    async with ResultStore.from_url(redis_server.url) as store:
+        doomed = asyncio.create_task(store.wait_for("overflow", timeout=10))
+        fine = asyncio.create_task(store.wait_for("fine", timeout=10))
+        await armed(store, 2)
+        await raw.publish(key("overflow"), bad)
+        with pytest.raises(PayloadDecodeError):
+            await doomed
+        await celery_write(raw, "fine")
+        assert (await fine).result == "fine"
+        assert (await store.wait_for("fine", timeout=5)).result == "fine"

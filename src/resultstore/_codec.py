@@ -199,7 +199,7 @@ def decode_result(
         raise
     except BadEnvelopeError as exc:
         raise PayloadDecodeError(f"bad kombu envelope: {exc}", task_id=task_id) from exc
-    except (ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError, OverflowError) as exc:
         raise PayloadDecodeError(
             f"payload is not valid result JSON: {exc}", task_id=task_id
         ) from exc
@@ -214,10 +214,13 @@ def decode_result(
     if isinstance(date_done, str):
         try:
             date_done = _utc(datetime.fromisoformat(date_done))
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # 0001-01-01T00:00+01:00 has no UTC form
             raise PayloadDecodeError(f"bad date_done {date_done!r}", task_id=task_id) from exc
     elif isinstance(date_done, datetime):
-        date_done = _utc(date_done)
+        try:
+            date_done = _utc(date_done)
+        except OverflowError as exc:
+            raise PayloadDecodeError(f"bad date_done {date_done!r}", task_id=task_id) from exc
     elif date_done is not None:
         raise PayloadDecodeError(f"bad date_done {date_done!r}", task_id=task_id)
     children = doc.get("children")

@@ -170,8 +170,8 @@ class Registry:
             return  # nobody to tell, or only waiters, who ignore PENDING
         try:
             meta = decode_result(entry.task_id, payload, max_size=self._max_size)
-        except PayloadDecodeError as exc:
-            message = str(exc)
+        except Exception as exc:  # nothing a publisher sends may stop the reader
+            message = str(exc) if isinstance(exc, PayloadDecodeError) else f"undecodable: {exc!r}"
             self._fail_entry(entry, lambda task_id: PayloadDecodeError(message, task_id=task_id))
             return
         if entry.waiters and meta.status in READY_STATES:
