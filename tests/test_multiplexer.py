@@ -442,3 +442,51 @@ async def test_payload_that_breaks_the_decoder_fails_only_its_waiters(
         await celery_write(raw, "fine")
         assert (await fine).result == "fine"
         assert (await store.wait_for("fine", timeout=5)).result == "fine"
+
+
+BUSY_SCRIPT = """
+local start = redis.call('TIME')
+while true do
+  local now = redis.call('TIME')
+  if (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > 1000000 then return 1 end
+end
+"""
+
+
+async def test_busy_server_is_waited_out_not_reported_as_a_refusal(
+    redis_launcher: RedisLauncher,
+) -> None:
+    """A long script makes Redis answer BUSY to everything for a while: waiters already armed,
+    waiters joining and new channels subscribing during it all get their results afterwards."""
+    server = redis_launcher.start(extra_config={"busy-reply-threshold": "50"})
+    admin = server.client()
+    scripter = redis.asyncio.Redis(host=server.host, port=server.port)
+    async with scripter, ResultStore.from_url(server.url) as store:
+        before = asyncio.create_task(store.wait_for("busy-a", timeout=30))
+        await armed(store, 1)
+
+        async def run_script() -> object:
+            return await scripter.eval(BUSY_SCRIPT, 0)
+
+        script = asyncio.create_task(run_script())
+
+        def busy() -> bool:
+            try:
+                admin.ping()
+            except redis.exceptions.BusyLoadingError:
+                return False
+            except redis.exceptions.ResponseError as exc:
+                return "BUSY" in str(exc)
+            return False
+
+        await until(busy)
+        joined = asyncio.create_task(store.wait_for("busy-a", timeout=30))
+        fresh = asyncio.create_task(store.wait_for("busy-b", timeout=30))
+        # A BUSY reply to the SUBSCRIBE drops the Pub/Sub connection, to be rebuilt afterwards.
+        await until(lambda: not store.statistics().connected)
+        assert await script == 1
+        await store.set("busy-a", "a")
+        await store.set("busy-b", "b")
+        assert (await before).result == "a"
+        assert (await joined).result == "a"
+        assert (await fresh).result == "b"

@@ -348,3 +348,16 @@ async def test_result_meta_is_a_typed_model(store: ResultStore) -> None:
     assert isinstance(meta, ResultMeta)
     assert meta.state == meta.status == "SUCCESS"
     assert meta.successful
+
+
+async def test_calls_cut_short_by_aclose_raise_store_closed_error(store_url: str) -> None:
+    """A set() still running when the store closes reports the close, not a Redis outage."""
+    store = ResultStore.from_url(store_url, max_value_size=8 * 1024 * 1024)
+    await store.__aenter__()
+    value = "x" * (1024 * 1024)
+    writes = [asyncio.create_task(store.set(f"cut-{i}", value)) for i in range(30)]
+    await asyncio.sleep(0)
+    await store.aclose()
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    for outcome in outcomes:
+        assert outcome is True or isinstance(outcome, StoreClosedError), repr(outcome)

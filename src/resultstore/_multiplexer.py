@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import anyio
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
 from ._connection import Connector, explain
 from ._exceptions import ResultStoreError, StoreConnectionError
@@ -265,9 +265,13 @@ class Multiplexer:
             self._wake.set()
 
     def _subscribe_refused(self, exc: ResponseError) -> None:
-        """The server refused a whole SUBSCRIBE (an ACL's NOPERM): fail its channels' waiters."""
-        if not self._unconfirmed:
-            raise exc  # an error nobody asked for: treat the connection as broken
+        """The server refused a whole SUBSCRIBE (an ACL's NOPERM): fail its channels' waiters.
+
+        Any other error reply (BUSY during a long script, LOADING, ...) is passing: it is raised,
+        the connection is rebuilt, and every channel is subscribed again.
+        """
+        if not isinstance(exc, NoPermissionError) or not self._unconfirmed:
+            raise exc
         _, channels = self._unconfirmed.popleft()
         reason = str(exc)
 
@@ -381,11 +385,11 @@ class Multiplexer:
             try:
                 values = await self._fetch(batch)
             except (OSError, RedisError, TimeoutError) as exc:
-                if isinstance(exc, ResponseError) and not isinstance(exc, AuthenticationError):
-                    self._fail_check(batch, exc)  # a server's refusal: retrying cannot help
+                if isinstance(exc, NoPermissionError):
+                    self._fail_check(batch, exc)  # an ACL's refusal: retrying cannot help
                     return
-                # A restarted server fails the first command on a stale pooled connection:
-                # retry while anybody still waits on these channels.
+                # A restarted server fails the first command on a stale pooled connection, and
+                # a busy one answers BUSY for a while: retry while anybody still waits.
                 attempt += 1
                 await anyio.sleep(_backoff(attempt))
                 batch = [channel for channel in batch if channel in self.registry]

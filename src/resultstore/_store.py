@@ -382,6 +382,8 @@ class ResultStore:
         finally:
             for channel, fut in pending:
                 fut.remove_done_callback(on_done)
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # retrieved: asyncio would log an error never looked at
                 fut.cancel()
                 registry.remove_waiter(channel, fut)
 

@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._connection import Connector, explain
-from .._exceptions import ResultStoreError, StoreConnectionError
+from .._exceptions import ResultStoreError, StoreClosedError, StoreConnectionError
 from .._multiplexer import Multiplexer
 from .._settings import StoreSettings
 from . import BackendStats
@@ -62,6 +62,7 @@ class RedisBackend:
             max_value_size=settings.max_value_size,
         )
         self.registry = self._multiplexer.registry
+        self._closed = False
 
     def describe(self) -> str:
         """Where the results live, without secrets (for example ``tls 127.0.0.1:6380``)."""
@@ -82,7 +83,8 @@ class RedisBackend:
         await self._multiplexer.run()
 
     async def aclose(self) -> None:
-        """Close the pool and the sentinel clients."""
+        """Close the pool and the sentinel clients; calls still running get StoreClosedError."""
+        self._closed = True
         await self._connector.aclose()
 
     @asynccontextmanager
@@ -90,17 +92,23 @@ class RedisBackend:
         try:
             async with self._slots:
                 yield
-        except AuthenticationError as exc:
-            raise StoreConnectionError(
+        except (RedisError, OSError) as exc:
+            raise self._translate(what, exc) from exc
+
+    def _translate(self, what: str, exc: RedisError | OSError) -> ResultStoreError:
+        """redis-py's error -> ours (this module is the one place where that happens)."""
+        if self._closed:  # the pool was closed under the call: not an outage
+            return StoreClosedError(f"{what} was cut short: the ResultStore was closed")
+        if isinstance(exc, AuthenticationError):
+            return StoreConnectionError(
                 f"{what} failed: Redis refused the credentials ({self.describe()}): "
                 f"{explain(exc)}; check username/password"
-            ) from exc
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StoreConnectionError(
+            )
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+            return StoreConnectionError(
                 f"{what} failed: Redis unreachable ({self.describe()}): {explain(exc)}"
-            ) from exc
-        except RedisError as exc:
-            raise ResultStoreError(f"{what} failed: {exc}") from exc
+            )
+        return ResultStoreError(f"{what} failed: {exc}")
 
     async def get(self, key: bytes) -> bytes | None:
         """GET."""
