@@ -65,8 +65,10 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
         yield client
 
 
-async def celery_write(client: redis.asyncio.Redis, task_id: str, value: Any = None) -> None:
-    data = payload(task_id, value)
+async def celery_write(
+    client: redis.asyncio.Redis, task_id: str, value: Any = None, state: str = states.SUCCESS
+) -> None:
+    data = payload(task_id, value, state)
     async with client.pipeline(transaction=False) as pipe:
         pipe.set(key(task_id), data)
         pipe.publish(key(task_id), data)
@@ -490,3 +492,33 @@ async def test_busy_server_is_waited_out_not_reported_as_a_refusal(
         assert (await before).result == "a"
         assert (await joined).result == "a"
         assert (await fresh).result == "b"
+
+
+async def test_watcher_joining_during_an_unsubscribe_still_sees_the_end(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    """A watcher joins while its channel's UNSUBSCRIBE is on the wire (held 0.3 s): it is given a
+    message published just before, the final result is written while nothing is subscribed, and
+    the check after the resubscribe must still reach it."""
+    admin = redis_server.client()
+    updates: list[str] = []
+    proxy = SlowSubscribeProxy(redis_server.host, redis_server.port, hold=0.3)
+    async with proxy, ResultStore.from_url(f"redis://127.0.0.1:{proxy.port}/0") as store:
+        first = asyncio.create_task(store.wait_for("gap", timeout=10))
+        await armed(store, 1)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await until(lambda: store.statistics().subscribed == 0)  # UNSUBSCRIBE sent
+
+        async def watch() -> None:
+            async for meta in store.watch("gap"):
+                updates.append(meta.status)  # noqa: PERF401 - read as it grows
+
+        watcher = asyncio.create_task(watch())
+        await celery_write(raw, "gap", {"step": 1}, state="PROGRESS")
+        await until(lambda: updates == ["PROGRESS"])
+        await until(lambda: admin.pubsub_numsub(key("gap"))[0][1] == 0)
+        await celery_write(raw, "gap")  # published to nobody
+        await asyncio.wait_for(watcher, 10)
+    assert updates == ["PROGRESS", "SUCCESS"]

@@ -301,7 +301,8 @@ class Multiplexer:
     def _confirmed_unsub(self, channel: bytes) -> None:
         if self._server.get(channel) == _UNSUBSCRIBING:
             del self._server[channel]
-            if channel in self.registry:
+            if channel in self.registry:  # wanted again while the UNSUBSCRIBE was on the wire
+                self.registry.rewind_watchers(channel)
                 self._dirty.add(channel)
                 self._wake.set()
 

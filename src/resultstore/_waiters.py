@@ -191,6 +191,17 @@ class Registry:
                     watcher.last_payload = raw
                     watcher.push(meta)
 
+    def rewind_watchers(self, channel: bytes) -> None:
+        """Let the next check reach this channel's watchers again.
+
+        For a channel that was unsubscribed while they watched: writes in that gap reached
+        nobody, so the check after the resubscribe is news, whatever they were given before.
+        """
+        entry = self._entries.get(channel)
+        if entry is not None:
+            for watcher in entry.watchers:
+                watcher.epoch = -1
+
     def fail(self, channel: bytes, make_exc: ErrorFactory) -> None:
         """Fail every waiter and watcher of one channel with a fresh ``make_exc(task_id)`` each."""
         entry = self._entries.get(channel)
