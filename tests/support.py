@@ -34,15 +34,18 @@ async def registered(store: ResultStore, channels: int = 1) -> None:
 
 
 class SlowSubscribeProxy:
-    """A TCP proxy in front of a real server that holds back every SUBSCRIBE for ``hold`` seconds.
+    """A TCP proxy in front of a real server that holds back every SUBSCRIBE for ``hold`` seconds,
+    and every chunk carrying a Pub/Sub message for ``hold_messages`` seconds (in order: what
+    follows a held chunk waits behind it, as on a slow link).
 
     It models a slow network path for the Pub/Sub connection, and it tells when a MGET reply has
     passed back to a client (``mget_replied``), which is when the store's check has run.
     """
 
-    def __init__(self, host: str, port: int, hold: float) -> None:
+    def __init__(self, host: str, port: int, hold: float, hold_messages: float = 0.0) -> None:
         self._target = (host, port)
         self._hold = hold
+        self._hold_messages = hold_messages
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.mget_replied = asyncio.Event()
@@ -84,6 +87,8 @@ class SlowSubscribeProxy:
             while data := await reader.read(65536):
                 if upstream and b"SUBSCRIBE" in data.upper():
                     await asyncio.sleep(self._hold)  # the injected fault: a slow path
+                if not upstream and self._hold_messages and b"$7\r\nmessage\r\n" in data:
+                    await asyncio.sleep(self._hold_messages)
                 if upstream and b"MGET" in data.upper():
                     mget_pending[0] = True
                 writer.write(data)

@@ -522,3 +522,33 @@ async def test_watcher_joining_during_an_unsubscribe_still_sees_the_end(
         await celery_write(raw, "gap")  # published to nobody
         await asyncio.wait_for(watcher, 10)
     assert updates == ["PROGRESS", "SUCCESS"]
+
+
+async def test_watch_never_goes_back_when_a_check_overtakes_queued_messages(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    """Messages lag 0.3 s on the Pub/Sub link while a second watcher's check reads the key at
+    once: the check must not reach the watcher ahead of the older messages still on the wire,
+    or the watcher would see step 2, then step 1."""
+    first: list[object] = []
+    late: list[object] = []
+    proxy = SlowSubscribeProxy(redis_server.host, redis_server.port, hold=0, hold_messages=0.3)
+
+    async def watch(into: list[object]) -> None:
+        async for meta in store.watch("ord"):
+            step = meta.result["step"] if meta.status == "PROGRESS" else meta.status
+            into.append(step)
+
+    async with proxy, ResultStore.from_url(f"redis://127.0.0.1:{proxy.port}/0") as store:
+        early = asyncio.create_task(watch(first))
+        await until(lambda: first == ["PENDING"])
+        for step in (1, 2):
+            await celery_write(raw, "ord", {"step": step}, state="PROGRESS")
+        joined = asyncio.create_task(watch(late))
+        await until(lambda: first == ["PENDING", 1, 2])
+        await celery_write(raw, "ord", {"step": 3})
+        await asyncio.wait_for(asyncio.gather(early, joined), 10)
+    assert first == ["PENDING", 1, 2, "SUCCESS"]
+    steps = [item for item in late if isinstance(item, int)]
+    assert steps == sorted(steps), late
+    assert late[-1] == "SUCCESS"

@@ -105,6 +105,10 @@ class Multiplexer:
         self._unconfirmed: deque[list[Any]] = deque()
         self._dirty: set[bytes] = set()
         self._to_check: set[bytes] = set()
+        # Barriers: PING tokens to send, and the futures their PONGs resolve (see _barrier).
+        self._pings: list[bytes] = []
+        self._barriers: dict[bytes, asyncio.Future[bool]] = {}
+        self._barrier_count = 0
         self._wake = asyncio.Event()
         self._check_wake = asyncio.Event()
         self._conn: AbstractConnection | None = None
@@ -174,6 +178,10 @@ class Multiplexer:
                     self._conn = None
                     self._server.clear()
                     self._unconfirmed.clear()
+                    self._pings.clear()
+                    for barrier in self._barriers.values():
+                        if not barrier.done():
+                            barrier.set_result(False)
                     with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
                         await conn.disconnect(nowait=True)
                 self._down_since = loop.time()
@@ -260,6 +268,10 @@ class Multiplexer:
                     self._confirmed_sub(reply[1])
                 elif kind == b"unsubscribe":
                     self._confirmed_unsub(reply[1])
+                elif kind == b"pong" and reply[1]:
+                    barrier = self._barriers.get(reply[1])
+                    if barrier is not None and not barrier.done():
+                        barrier.set_result(True)
         except (OSError, RedisError, IndexError, TypeError) as exc:
             self._dead = exc
             self._wake.set()
@@ -321,6 +333,10 @@ class Multiplexer:
                     continue
             if ping_sent is not None and now - ping_sent >= self._ping_timeout:
                 return f"no reply to PING within ping_timeout={self._ping_timeout:g}s"
+            if self._pings:
+                tokens, self._pings = self._pings, []
+                await self._send(conn, [_pack(b"PING", [token]) for token in tokens])
+                continue
             if self._dirty:
                 await self._flush(conn)
                 continue
@@ -395,11 +411,38 @@ class Multiplexer:
                 await anyio.sleep(_backoff(attempt))
                 batch = [channel for channel in batch if channel in self.registry]
                 continue
-            deliver = self.registry.deliver
+            registry = self.registry
             check = (seq, epoch)
+            watched = []
             for channel, value in zip(batch, values, strict=True):
-                deliver(channel, value, check=check)
+                registry.deliver(channel, value, check=check, watchers=False)
+                if registry.watched(channel):
+                    watched.append((channel, value))
+            # The GET may be newer than messages still on the Pub/Sub link: watchers get the
+            # check only once those are read (the rule in _waiters then drops a stale check).
+            if watched and await self._barrier():
+                for channel, value in watched:
+                    registry.deliver(channel, value, check=check, waiters=False)
             return
+
+    async def _barrier(self) -> bool:
+        """Wait until everything published before now has been read from the Pub/Sub connection.
+
+        A ``PING <token>`` is answered after every message the server queued for us before it,
+        so its PONG marks that point. False if the connection was lost first.
+        """
+        if self._conn is None:
+            return False
+        self._barrier_count += 1
+        token = b"resultstore-%d" % self._barrier_count
+        barrier: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._barriers[token] = barrier
+        self._pings.append(token)
+        self._wake.set()
+        try:
+            return await barrier
+        finally:
+            del self._barriers[token]
 
     def _fail_check(self, batch: list[bytes], exc: BaseException) -> None:
         message = f"reading results failed: {exc}"

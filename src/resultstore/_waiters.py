@@ -155,8 +155,19 @@ class Registry:
             del self._entries[channel]
             self._on_leave(channel)
 
+    def watched(self, channel: bytes) -> bool:
+        """Whether ``channel`` has watchers."""
+        entry = self._entries.get(channel)
+        return entry is not None and bool(entry.watchers)
+
     def deliver(
-        self, channel: bytes, payload: bytes | None, *, check: tuple[int, int] | None = None
+        self,
+        channel: bytes,
+        payload: bytes | None,
+        *,
+        check: tuple[int, int] | None = None,
+        waiters: bool = True,
+        watchers: bool = True,
     ) -> None:
         """Hand a payload that arrived for ``channel`` to its waiters and watchers.
 
@@ -164,9 +175,10 @@ class Registry:
             payload: the stored or published bytes; ``None`` for a missing key (PENDING).
             check: ``None`` for a Pub/Sub message; for a check result, the registry's
                 ``(seq, epoch)`` when the check was sent.
+            waiters, watchers: whom to tell (a check reaches them at different moments).
         """
         entry = self._entries.get(channel)
-        if entry is None or (payload is None and not entry.watchers):
+        if entry is None or (payload is None and not (watchers and entry.watchers)):
             return  # nobody to tell, or only waiters, who ignore PENDING
         try:
             meta = decode_result(entry.task_id, payload, max_size=self._max_size)
@@ -174,11 +186,11 @@ class Registry:
             message = str(exc) if isinstance(exc, PayloadDecodeError) else f"undecodable: {exc!r}"
             self._fail_entry(entry, lambda task_id: PayloadDecodeError(message, task_id=task_id))
             return
-        if entry.waiters and meta.status in READY_STATES:
+        if waiters and entry.waiters and meta.status in READY_STATES:
             for fut in entry.waiters:
                 if not fut.done():
                     fut.set_result(meta)
-        if entry.watchers:
+        if watchers and entry.watchers:
             epoch = self.epoch
             if check is not None and check[1] != epoch:
                 return  # a check from an earlier connection may be older than what is coming
