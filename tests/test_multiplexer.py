@@ -552,3 +552,28 @@ async def test_watch_never_goes_back_when_a_check_overtakes_queued_messages(
     steps = [item for item in late if isinstance(item, int)]
     assert steps == sorted(steps), late
     assert late[-1] == "SUCCESS"
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "~celery-task-meta-tenantA-* &celery-task-meta-tenantA-* +@all",  # channels refused
+        "~celery-task-meta-tenantA-* &* +@all",  # keys refused (the check's MGET)
+    ],
+    ids=["channel-acl", "key-acl"],
+)
+async def test_one_forbidden_task_does_not_fail_its_batch(
+    redis_launcher: RedisLauncher, rule: str
+) -> None:
+    """Redis refuses a whole SUBSCRIBE (or MGET) when any one channel (or key) is forbidden; the
+    store retries the batch one by one, so only the forbidden task's waiter fails."""
+    server = redis_launcher.start(acl_users=[f"user tenant on >pw {rule}"])
+    url = server.url_for(username="tenant", password="pw")
+    async with ResultStore.from_url(url) as store:
+        allowed = asyncio.create_task(store.wait_for("tenantA-1", timeout=10))
+        forbidden = asyncio.create_task(store.wait_for("tenantB-1", timeout=10))
+        with pytest.raises(ResultStoreError, match=r"NOPERM|no permissions"):
+            await forbidden
+        await armed(store, 1)
+        await store.set("tenantA-1", "mine")
+        assert (await allowed).result == "mine"

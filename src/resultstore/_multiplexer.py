@@ -103,6 +103,7 @@ class Multiplexer:
         # SUBSCRIBE commands sent and not fully confirmed: [confirmations still due, channels].
         # Replies come in order, so a refusal (an error reply) belongs to the head.
         self._unconfirmed: deque[list[Any]] = deque()
+        self._alone: set[bytes] = set()  # from a refused batch: subscribed one per command
         self._dirty: set[bytes] = set()
         self._to_check: set[bytes] = set()
         # Barriers: PING tokens to send, and the futures their PONGs resolve (see _barrier).
@@ -132,6 +133,7 @@ class Multiplexer:
 
     def _on_leave(self, channel: bytes) -> None:
         self._to_check.discard(channel)
+        self._alone.discard(channel)
         if self._server.get(channel) == _SUBSCRIBED:
             self._dirty.add(channel)
             self._wake.set()
@@ -236,6 +238,7 @@ class Multiplexer:
         self._dead = None
         self._server.clear()
         self._unconfirmed.clear()
+        self._alone.clear()
         self._dirty = set(self.registry.channels())
         self.registry.epoch += 1
         self._last_read = asyncio.get_running_loop().time()
@@ -285,14 +288,21 @@ class Multiplexer:
         if not isinstance(exc, NoPermissionError) or not self._unconfirmed:
             raise exc
         _, channels = self._unconfirmed.popleft()
+        for channel in channels:
+            if self._server.get(channel) == _SUBSCRIBING:
+                del self._server[channel]
+        if len(channels) > 1:  # one forbidden channel refuses its whole batch: try each alone
+            self._alone.update(channels)
+            self._dirty.update(channels)
+            self._wake.set()
+            return
         reason = str(exc)
 
         def refused(task_id: str) -> ResultStoreError:
             return ResultStoreError(f"Redis refused to subscribe to task {task_id}: {reason}")
 
+        self._alone.difference_update(channels)
         for channel in channels:
-            if self._server.get(channel) == _SUBSCRIBING:
-                del self._server[channel]
             self.registry.fail(channel, refused)
 
     def _confirmed_sub(self, channel: bytes) -> None:
@@ -303,6 +313,7 @@ class Multiplexer:
                 self._unconfirmed.popleft()
         if self._server.get(channel) == _SUBSCRIBING:
             self._server[channel] = _SUBSCRIBED
+            self._alone.discard(channel)
             if channel in self.registry:
                 self._to_check.add(channel)
                 self._check_wake.set()
@@ -365,12 +376,17 @@ class Multiplexer:
         self._dirty.clear()
         step = _CHANNELS_PER_COMMAND
         commands: list[bytes] = []
-        for name, channels in ((b"SUBSCRIBE", subs), (b"UNSUBSCRIBE", unsubs)):
-            for i in range(0, len(channels), step):
-                chunk = channels[i : i + step]
-                commands.append(_pack(name, chunk))
-                if name == b"SUBSCRIBE":
-                    self._unconfirmed.append([len(chunk), chunk])
+        alone = [channel for channel in subs if channel in self._alone] if self._alone else []
+        if alone:
+            subs = [channel for channel in subs if channel not in self._alone]
+        chunks = [[channel] for channel in alone]
+        chunks += [subs[i : i + step] for i in range(0, len(subs), step)]
+        for chunk in chunks:
+            commands.append(_pack(b"SUBSCRIBE", chunk))
+            self._unconfirmed.append([len(chunk), chunk])
+        commands += [
+            _pack(b"UNSUBSCRIBE", unsubs[i : i + step]) for i in range(0, len(unsubs), step)
+        ]
         if commands:
             await self._send(conn, commands)
 
@@ -402,8 +418,12 @@ class Multiplexer:
             try:
                 values = await self._fetch(batch)
             except (OSError, RedisError, TimeoutError) as exc:
-                if isinstance(exc, NoPermissionError):
-                    self._fail_check(batch, exc)  # an ACL's refusal: retrying cannot help
+                if isinstance(exc, NoPermissionError):  # an ACL's refusal: retrying cannot help
+                    if len(batch) == 1:
+                        self._fail_check(batch, exc)
+                        return
+                    for channel in batch:  # one forbidden key refuses its whole MGET
+                        await self._check([channel], seq, epoch)
                     return
                 # A restarted server fails the first command on a stale pooled connection, and
                 # a busy one answers BUSY for a while: retry while anybody still waits.
