@@ -577,3 +577,18 @@ async def test_one_forbidden_task_does_not_fail_its_batch(
         await armed(store, 1)
         await store.set("tenantA-1", "mine")
         assert (await allowed).result == "mine"
+
+
+async def test_reader_falls_back_to_the_public_read_without_a_parser() -> None:
+    """The reader takes replies from redis-py's parser when the connection has one, and from
+    the public ``read_response`` otherwise (a future redis-py may rename its internals)."""
+    from resultstore._multiplexer import _reply_reader
+
+    class PublicOnly:
+        async def read_response(self, *, disable_decoding: bool, disconnect_on_error: bool) -> Any:
+            assert disable_decoding
+            assert not disconnect_on_error
+            return [b"pong", b""]
+
+    read = _reply_reader(PublicOnly())  # type: ignore[arg-type]
+    assert await read() == [b"pong", b""]
