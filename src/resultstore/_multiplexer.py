@@ -19,6 +19,12 @@ every reply. The invariants (ARCHITECTURE.md section 4) and where each one lives
    fail with StoreConnectionError; the owner keeps trying.
 8. malformed payloads fail only their channel (the registry decodes per channel).
 9. non-ready states reach watchers only (the registry's delivery rules).
+
+Beyond the list: a check result reaches watchers only after a ``PING <token>`` barrier on the
+Pub/Sub connection (``_barrier``), so a GET never overtakes older messages still on the wire; an
+ACL's NOPERM fails only the refused channel (a refused batch is retried one channel per command,
+a refused MGET one key per read), while passing error replies such as BUSY rebuild the
+connection and are retried.
 """
 
 from __future__ import annotations
