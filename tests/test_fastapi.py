@@ -432,3 +432,26 @@ def test_dependency_runs_on_the_event_loop_not_in_the_threadpool() -> None:
     from resultstore.fastapi import get_result_store
 
     assert inspect.iscoroutinefunction(get_result_store)
+
+
+async def test_redis_refusals_answer_502_not_500(redis_launcher: Any) -> None:
+    """Redis refusing a command (an ACL's NOPERM here) is a bad gateway, with the task id: the
+    wait, the plain read and the event stream all answer 502 JSON instead of a 500."""
+    secret = "lim-S3CRET-pw"
+    server = redis_launcher.start(acl_users=[f"user lim on >{secret} ~other:* &other:* +@all"])
+    url = server.url_for(username="lim", password=secret)
+    async with served(build_app(ResultStore.from_url(url))) as (client, _):
+        for path in ("/results/t1", "/current/t1", "/events/t1"):
+            response = await client.get(path)
+            assert response.status_code == 502, (path, response.text)
+            body = response.json()
+            assert "no permissions" in body["detail"] or "NOPERM" in body["detail"]
+            assert secret not in response.text
+
+
+async def test_nan_timeout_is_a_client_error_not_a_hung_request(store: ResultStore) -> None:
+    """``?timeout=nan`` parses as a float; it once made the request wait forever."""
+    async with served(build_app(store)) as (client, _):
+        response = await client.get("/results/t1", params={"timeout": "nan"})
+    assert response.status_code == 422
+    assert "timeout" in response.text

@@ -361,3 +361,16 @@ async def test_calls_cut_short_by_aclose_raise_store_closed_error(store_url: str
     outcomes = await asyncio.gather(*writes, return_exceptions=True)
     for outcome in outcomes:
         assert outcome is True or isinstance(outcome, StoreClosedError), repr(outcome)
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1.0])
+async def test_nan_or_negative_timeout_is_refused_before_waiting(
+    store: ResultStore, timeout: float
+) -> None:
+    """NaN (what ``?timeout=nan`` parses to) once meant waiting forever on Redis."""
+    with pytest.raises(ValueError, match="timeout"):
+        await store.wait_for("t", timeout=timeout)
+    with pytest.raises(ValueError, match="timeout"):
+        async for _ in store.as_completed(["t"], timeout=timeout):
+            pass
+    assert store.statistics().channels == 0

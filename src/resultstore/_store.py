@@ -287,12 +287,14 @@ class ResultStore:
                 applies).
 
         Raises:
+            ValueError: ``timeout`` is negative or NaN.
             ResultTimeout: ``timeout`` passed first (a ``TimeoutError``).
             StoreConnectionError: Redis stayed unreachable past ``reconnect_timeout``.
             PayloadDecodeError: the task's payload is not a result document.
             StoreClosedError: the store is not open, or closed while waiting.
         """
         self._check_open()
+        _check_timeout(timeout)
         registry = self._backend.registry
         channel = self._keys.key(task_id)
         fut = registry.add_waiter(channel, task_id)
@@ -349,6 +351,7 @@ class ResultStore:
             StoreConnectionError, PayloadDecodeError, StoreClosedError: as for ``wait_for``.
         """
         self._check_open()
+        _check_timeout(timeout)
         registry = self._backend.registry
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -400,3 +403,10 @@ class ResultStore:
             reconnects=backend.reconnects,
             messages=backend.messages,
         )
+
+
+def _check_timeout(timeout: float | None) -> None:
+    """``None`` or seconds >= 0: NaN (which ``float("nan")`` from a query string gives) would
+    make ``asyncio.timeout`` wait forever, and a negative timeout is a caller's mistake."""
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")

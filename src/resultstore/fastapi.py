@@ -2,7 +2,7 @@
 
 Needs the ``fastapi`` extra (``pip install "resultstore[fastapi]"``)::
 
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Query
     from resultstore.fastapi import (
         ResultStoreDep, install_error_handlers, jsonable_meta, progress_stream,
         result_store_lifespan, wait_for_result,
@@ -12,7 +12,7 @@ Needs the ``fastapi`` extra (``pip install "resultstore[fastapi]"``)::
     install_error_handlers(app)  # task_id in error bodies; store errors anywhere -> 5xx, not 500
 
     @app.get("/tasks/{task_id}")
-    async def result(task_id: str, store: ResultStoreDep, timeout: float = 30):
+    async def result(task_id: str, store: ResultStoreDep, timeout: float = Query(30, gt=0)):
         return jsonable_meta(await wait_for_result(store, task_id, timeout=timeout))  # 504 late
 
     @app.get("/tasks/{task_id}/events")
@@ -50,6 +50,7 @@ import anyio
 
 from ._exceptions import (
     PayloadDecodeError,
+    ResultStoreError,
     ResultTimeout,
     StoreClosedError,
     StoreConnectionError,
@@ -78,6 +79,7 @@ _STATUS: Final[dict[type[Exception], int]] = {
     StoreConnectionError: 503,
     StoreClosedError: 503,
     PayloadDecodeError: 502,
+    ResultStoreError: 502,  # last, the catch-all: Redis refusing (NOPERM, WRONGTYPE, OOM)
 }
 _STORE_ERRORS: Final = tuple(_STATUS)
 _SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -214,12 +216,16 @@ async def wait_for_result(
 
     Raises:
         ResultHTTPError: 504 on timeout; 503 when Redis stays unreachable past
-            ``reconnect_timeout`` or the store is closed; 502 for an undecodable payload.
+            ``reconnect_timeout`` or the store is closed; 502 for an undecodable payload or a
+            command Redis refused.
+        HTTPException: 422 for a ``timeout`` that is NaN or negative.
     """
     try:
         return await store.wait_for(task_id, timeout=timeout)
     except _STORE_ERRORS as exc:
         raise ResultHTTPError(task_id, exc) from exc
+    except ValueError as exc:  # a timeout that is NaN or negative: the client's mistake
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
 
 
 def _error_body(task_id: str | None, detail: str) -> dict[str, Any]:
@@ -234,6 +240,8 @@ async def _on_result_http_error(request: Request, exc: Exception) -> JSONRespons
 
 
 async def _on_store_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, TaskFailed):  # a task's outcome (unwrap()), not a store failure
+        raise exc
     status = next(s for t, s in _STATUS.items() if isinstance(exc, t))
     return JSONResponse(_error_body(getattr(exc, "task_id", None), str(exc)), status)
 
@@ -243,7 +251,9 @@ def install_error_handlers(app: Starlette) -> None:
 
     Handles :class:`ResultHTTPError` (with its task id) and the store's own errors raised by
     any handler (``store.get``, ``store.set``...): ``ResultTimeout`` -> 504,
-    ``StoreConnectionError`` and ``StoreClosedError`` -> 503, ``PayloadDecodeError`` -> 502.
+    ``StoreConnectionError`` and ``StoreClosedError`` -> 503, ``PayloadDecodeError`` and any other
+    ``ResultStoreError`` (Redis refusing: NOPERM, WRONGTYPE, OOM) -> 502. ``TaskFailed`` from
+    ``meta.unwrap()`` is left to the app: it is the task's outcome, not a store failure.
     ``task_id`` is ``null`` when the error does not name a task.
     """
     app.add_exception_handler(ResultHTTPError, _on_result_http_error)
