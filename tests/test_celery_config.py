@@ -305,6 +305,26 @@ CASES: list[Any] = [
         {"url": "redis://cache/0"},
         id="json-serializer",
     ),
+    pytest.param(
+        {"result_backend": "redis://"},
+        {"url": "redis://localhost", "target.hosts": (("localhost", 6379),)},
+        id="bare-redis-url-uses-localhost",
+    ),
+    pytest.param(
+        {"result_backend": f"redis://:{PASSWORD}@/1", "redis_host": "cache", "redis_port": 6380},
+        {
+            "url": "redis://cache:6380/1",
+            "target.hosts": (("cache", 6380),),
+            "db": 1,
+            "password": PASSWORD,
+        },
+        id="url-without-host-uses-redis-host-and-port",
+    ),
+    pytest.param(
+        {"result_backend": "rediss://:6390/2", "redis_host": "::1", "redis_port": 6380},
+        {"url": "rediss://[::1]:6390/2", "target.hosts": (("::1", 6390),), "db": 2},
+        id="url-port-wins-over-redis-port",
+    ),
 ]
 
 
@@ -508,6 +528,11 @@ AGREE: list[Any] = [
         id="redis-url-with-use-ssl",
     ),
     pytest.param({"backend": "redis+socket:///run/redis.sock?virtual_host=2"}, id="socket"),
+    pytest.param({"backend": "redis://:pw@/1"}, id="url-without-host"),
+    pytest.param(
+        {"backend": "redis://:pw@/2", "redis_host": "cache", "redis_port": 6380},
+        id="url-without-host-with-redis-host",
+    ),
     pytest.param(
         {
             "backend": "sentinel://:pw@h1:26379/1;sentinel://:pw@h2:26380/1",

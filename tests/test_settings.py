@@ -461,6 +461,40 @@ def test_any_url_text_gives_settings_or_validation_error(url: str) -> None:
     assert StoreSettings(**resolved.model_dump()) == resolved
 
 
+@pytest.mark.parametrize(
+    ("model", "kwargs"),
+    [
+        pytest.param(SentinelSettings, {"password": 987654321}, id="sentinel-password-int"),
+        pytest.param(SentinelSettings, {"password": [PASSWORD]}, id="sentinel-password-list"),
+        pytest.param(SentinelSettings, {"username": PASSWORD, "bogus": 1}, id="sentinel-extra"),
+        pytest.param(SentinelSettings, {"passwd": PASSWORD}, id="sentinel-misspelt-password"),
+        pytest.param(SentinelSettings, {"ssl": {"keyfile": [PASSWORD]}}, id="sentinel-nested-tls"),
+        pytest.param(TLSSettings, {"keyfile": 987654321}, id="tls-keyfile-int"),
+        pytest.param(TLSSettings, {"ssl_keyfile": [PASSWORD]}, id="tls-keyfile-list"),
+        pytest.param(TLSSettings, {"key_password": PASSWORD}, id="tls-extra"),
+        pytest.param(
+            TLSSettings,
+            {"keyfile": PASSWORD, "check_hostname": True, "cert_reqs": "none"},
+            id="tls-model-check",
+        ),
+    ],
+)
+def test_sub_models_hide_inputs_in_validation_errors(
+    model: type[SentinelSettings | TLSSettings], kwargs: dict[str, Any]
+) -> None:
+    """SentinelSettings and TLSSettings built directly hide every input, as StoreSettings does."""
+    with pytest.raises(ValidationError) as info:
+        model(**kwargs)
+    error = info.value
+    assert error.errors()
+    for text in (str(error), repr(error), str(error.errors()), error.json()):
+        assert PASSWORD not in text
+        assert "987654321" not in text
+    assert all(found["input"] == "<hidden>" for found in error.errors())
+    assert error.__cause__ is None
+    assert error.__context__ is None
+
+
 def test_from_url_ignores_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """StoreSettings.from_url uses only its arguments, never RESULTSTORE_* variables."""
     monkeypatch.setenv("RESULTSTORE_PASSWORD", "from-env")

@@ -105,6 +105,12 @@ def test_parse_url_valid_forms(url: str, expected: ParsedURL) -> None:
         pytest.param("redis://h?master_name=m", "sentinel:// urls", id="master-name-on-tcp"),
         pytest.param("sentinel://a:1,b:2", "with ';'", id="sentinel-comma-hosts"),
         pytest.param("sentinel://a:1,sentinel://b:2", "with ';'", id="sentinel-comma-urls"),
+        pytest.param(
+            "sentinel://h1:26379/0,sentinel://h2:26379/0", "with ';'", id="sentinel-comma-db-urls"
+        ),
+        pytest.param(
+            "sentinel://:pw@h1/0, sentinel://h2/0?master_name=m", "with ';'", id="comma-space-db"
+        ),
         pytest.param("sentinel://a;redis://b", "must start with sentinel://", id="mixed-parts"),
         pytest.param("sentinel://a/1;sentinel://b/2", "disagree on the db", id="sentinel-db"),
         pytest.param("sentinel://a?ssl_cert_reqs=none", "sentinel_kwargs.ssl", id="ssl-sentinel"),

@@ -169,7 +169,30 @@ def _backend_url(conf: Mapping[str, Any]) -> str:
             f"the Celery result backend {shown} is not supported: resultstore reads"
             f" Redis/Valkey result backends only; set result_backend to a {_SUPPORTED} url"
         )
+    if scheme in ("redis", "rediss"):
+        return _with_default_host(conf, backend, len(scheme) + 3)
     return backend
+
+
+def _with_default_host(conf: Mapping[str, Any], url: str, start: int) -> str:
+    """``url`` with Celery's ``redis_host`` (``localhost``) filled in when it names no host,
+    and ``redis_port`` when it names no port either: ``redis://`` and ``redis://:pw@/1`` work
+    in Celery, which falls back to those settings."""
+    end = min(
+        (i for i in (url.find("/", start), url.find("?", start)) if i != -1), default=len(url)
+    )
+    at = url.rfind("@", start, end)
+    host_start = at + 1 if at != -1 else start
+    hostport = url[host_start:end]
+    if hostport and not hostport.startswith(":"):
+        return url
+    host = str(_get(conf, "redis_host") or "localhost")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    port = _get(conf, "redis_port")
+    if not hostport and port:
+        hostport = f":{port}"
+    return f"{url[:host_start]}{host}{hostport}{url[end:]}"
 
 
 def _url_from_parts(conf: Mapping[str, Any], scheme: str) -> str:

@@ -58,7 +58,39 @@ _Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 _NonNegSeconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
-class TLSSettings(BaseModel):
+def _without_inputs(error: ValidationError) -> ValidationError:
+    """The same errors with every input hidden, so ``errors()`` and ``json()`` hold no secret."""
+    details: list[InitErrorDetails] = []
+    for found in error.errors(include_url=False):
+        detail = InitErrorDetails(type=found["type"], loc=found["loc"], input="<hidden>")
+        if "ctx" in found:
+            detail["ctx"] = found["ctx"]
+        details.append(detail)
+    try:
+        return ValidationError.from_exception_data(error.title, details, hide_input=True)
+    except Exception:  # pragma: no cover - an error type pydantic cannot rebuild
+        return error
+
+
+class _HiddenInputsModel(BaseModel):
+    """A model whose ``ValidationError`` hides every input, in ``errors()`` and ``json()`` too."""
+
+    def __init__(self, **values: Any) -> None:
+        """Validate ``values``.
+
+        Raises:
+            pydantic.ValidationError: naming the field and the fix, with every input hidden.
+        """
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            error = _without_inputs(exc)
+        else:
+            return
+        raise error  # outside the except block, so the original (with inputs) is not chained
+
+
+class TLSSettings(_HiddenInputsModel):
     """TLS options; Celery's ``ssl_``-prefixed keys (``redis_backend_use_ssl``) are accepted too."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
@@ -91,7 +123,7 @@ class TLSSettings(BaseModel):
         return self.check_hostname
 
 
-class SentinelSettings(BaseModel):
+class SentinelSettings(_HiddenInputsModel):
     """How to talk to the Sentinel processes themselves (the master uses StoreSettings' fields)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
@@ -155,20 +187,6 @@ def _merge(
         return  # field validation reports the bad value
     if given != value:
         raise ValueError(f"a different {name} is given in both url and `{shown}`; give it once")
-
-
-def _without_inputs(error: ValidationError) -> ValidationError:
-    """The same errors with every input hidden, so ``errors()`` and ``json()`` hold no secret."""
-    details: list[InitErrorDetails] = []
-    for found in error.errors(include_url=False):
-        detail = InitErrorDetails(type=found["type"], loc=found["loc"], input="<hidden>")
-        if "ctx" in found:
-            detail["ctx"] = found["ctx"]
-        details.append(detail)
-    try:
-        return ValidationError.from_exception_data(error.title, details, hide_input=True)
-    except Exception:  # pragma: no cover - an error type pydantic cannot rebuild
-        return error
 
 
 class StoreSettings(BaseSettings):

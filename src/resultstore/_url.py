@@ -44,6 +44,8 @@ _KNOWN_KEYS |= {"max_connections", "master_name"}
 _SCHEME_RE = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.\-]*)://")
 # A ';' starts a new part only when a scheme follows, so a ';' inside a password stays put.
 _PART_SEP_RE = re.compile(r";(?=\s*[A-Za-z][A-Za-z0-9+.\-]*://)")
+# A ',' followed by a scheme: sentinel urls joined with ',' instead of ';'.
+_COMMA_URL_RE = re.compile(r",\s*[A-Za-z][A-Za-z0-9+.\-]*://")
 _SAFE_KEY_RE = re.compile(r"[a-z0-9_.\-]{1,64}")
 _BAD_HOST_CHARS = frozenset(' []@/?#;,\\"<>{}|^`%')
 _SCHEME_HINT = "redis://, rediss://, unix://, socket://, redis+socket://, sentinel:// or memory://"
@@ -156,6 +158,8 @@ def _parse_sentinel(parts: list[str]) -> ParsedURL:
             raise ValueError(
                 f"each part of a sentinel url must start with sentinel://; {_SENTINEL_HINT}"
             )
+        if _COMMA_URL_RE.search(rest):
+            raise ValueError(f"sentinel urls cannot be separated by ','; {_SENTINEL_HINT}")
         username, password, hostport, path, query_text = _split_rest(rest)
         if "," in hostport:
             raise ValueError(f"sentinel nodes cannot be separated by ','; {_SENTINEL_HINT}")
