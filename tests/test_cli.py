@@ -213,6 +213,18 @@ def test_ping_through_sentinel_reports_master_name_and_address(
     assert f"sentinel, master '{redis_sentinel.master_name}' at {host}:{port}" in human.stdout
 
 
+def test_ping_through_sentinel_unknown_master_is_one_short_line(
+    redis_sentinel: SentinelGroup,
+) -> None:
+    """A master no sentinel knows: exit 4 with one short line, not redis-py's reprs."""
+    proc = cli("ping", "--master-name", "no-such-master", "--url", redis_sentinel.url)
+    line = assert_one_error(proc, 4)
+    assert "MasterNotFoundError" in line, line
+    assert "Sentinel<" not in line, line
+    assert "Connection<" not in line, line
+    assert len(line) < 400, line
+
+
 # -- set / get / forget ---------------------------------------------------------------------
 
 
@@ -312,6 +324,28 @@ def test_wait_returns_a_result_stored_before(redis_server: RedisServer) -> None:
     proc = cli("wait", task_id, "--timeout", "20", "--url", redis_server.url)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r'^result:\s+"done"$', proc.stdout, re.MULTILINE), proc.stdout
+
+
+@pytest.mark.parametrize("command", ["wait", "watch"])
+@pytest.mark.parametrize("state", ["SUCCESS", "FAILURE"])
+def test_wait_and_watch_answer_a_ready_task_even_with_timeout_0(
+    redis_server: RedisServer, command: str, state: str
+) -> None:
+    """``--timeout 0`` on a task that is already ready reports it (exit 0/1), not exit 3."""
+    task_id = new_id()
+    url = redis_server.url
+    assert cli("set", task_id, '"done"', "--state", state, "--url", url).returncode == 0
+    proc = cli("--json", command, task_id, "--timeout", "0", "--url", url)
+    assert proc.returncode == (0 if state == "SUCCESS" else 1), proc.stderr
+    [record] = json_lines(proc.stdout)
+    assert record["status"] == state
+
+
+def test_wait_with_timeout_0_on_a_pending_task_exits_3(redis_server: RedisServer) -> None:
+    """``--timeout 0`` on a task that is not ready gives up at once: exit 3."""
+    for command in ("wait", "watch"):
+        proc = cli(command, new_id(), "--timeout", "0", "--url", redis_server.url)
+        assert_one_error(proc, 3)
 
 
 def test_wait_wakes_when_the_result_is_set_while_waiting(redis_server: RedisServer) -> None:
@@ -501,6 +535,35 @@ def test_invalid_url_is_one_line_exit_5_without_the_password(url: str) -> None:
     line = assert_one_error(proc, 5)
     assert "invalid settings" in line
     assert "S3cret" not in proc.stdout + proc.stderr
+
+
+def test_malformed_env_variable_is_one_line_exit_5_without_its_value() -> None:
+    """A nested setting whose JSON does not parse exits 5 with one line, hiding the value."""
+    env = _env(RESULTSTORE_SENTINEL_KWARGS='{"password": "S3cret-pw",}')
+    proc = cli("get", "x", "--url", "memory://", env=env)
+    line = assert_one_error(proc, 5)
+    assert "invalid settings" in line, line
+    assert "sentinel_kwargs" in line, line
+    assert "S3cret" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_local_output_error_is_not_unreachable() -> None:
+    """Failing to write stdout (a full disk) is a generic error (6), not unreachable (4)."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [str(SCRIPT), "get", new_id(), "--url", "memory://"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+    assert proc.returncode == 6, proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(ERROR_PREFIX), line
+    assert "unreachable" not in line.lower(), line
 
 
 def test_server_down_is_one_line_exit_4(redis_server: RedisServer) -> None:

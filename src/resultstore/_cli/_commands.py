@@ -10,7 +10,7 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from .. import _states as states
 from .._exceptions import ResultTimeout
@@ -21,6 +21,8 @@ from ._errors import ExitCode
 from ._render import Output
 
 __all__ = ["COMMANDS", "Request", "exit_code_of", "parse_value"]
+
+_T = TypeVar("_T")
 
 _KNOWN_STATES: Final = frozenset(
     name for name in vars(states).values() if isinstance(name, str) and name.isupper()
@@ -93,7 +95,7 @@ async def _forget(store: ResultStore, out: Output, req: Request) -> int:
     return ExitCode.OK
 
 
-async def _bounded(req: Request, work: Callable[[], Awaitable[int]]) -> int:
+async def _bounded(req: Request, work: Callable[[], Awaitable[_T]]) -> _T:
     """Run ``work`` within ``--timeout``; running out raises ResultTimeout."""
     try:
         async with asyncio.timeout(req.timeout) as scope:
@@ -107,21 +109,27 @@ async def _bounded(req: Request, work: Callable[[], Awaitable[int]]) -> int:
 
 
 async def _wait(store: ResultStore, out: Output, req: Request) -> int:
-    async def work() -> int:
-        # One GET first: a ready result answers at once, and an unreachable server or a wrong
-        # password fails now rather than after the Pub/Sub connection's reconnect_timeout.
-        meta = await store.get(req.task_id)
-        if not meta.ready:
-            meta = await out.waiting(f"waiting for {req.task_id}", store.wait_for(req.task_id))
-        out.result(meta)
-        return exit_code_of(meta)
+    # One GET first, outside the --timeout: a ready result answers whatever the timeout (even
+    # 0), and an unreachable server or a wrong password fails now rather than after the
+    # Pub/Sub connection's reconnect_timeout.
+    meta = await store.get(req.task_id)
+    if not meta.ready:
 
-    return await _bounded(req, work)
+        async def work() -> ResultMeta:
+            return await out.waiting(f"waiting for {req.task_id}", store.wait_for(req.task_id))
+
+        meta = await _bounded(req, work)
+    out.result(meta)
+    return exit_code_of(meta)
 
 
 async def _watch(store: ResultStore, out: Output, req: Request) -> int:
+    first = await store.get(req.task_id)  # outside the --timeout, as in wait
+    if first.ready:
+        out.update(first)
+        return exit_code_of(first)
+
     async def work() -> int:
-        await store.get(req.task_id)  # fail fast, as in wait
         code = ExitCode.OK
         updates = store.watch(req.task_id)
         try:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -60,6 +61,17 @@ def _validation_message(exc: ValidationError) -> str:
     return "invalid settings: " + "; ".join(parts)
 
 
+_SETTINGS_SOURCE_RE = re.compile(r'error parsing value for field "([^"]+)" from source "([^"]+)"')
+
+
+def _settings_error_message(exc: SettingsError) -> str:
+    """Which field and source failed to parse, never the value itself."""
+    match = _SETTINGS_SOURCE_RE.search(str(exc))
+    if match is None:
+        return "an environment variable could not be parsed"
+    return f"`{match[1]}` from {match[2]} could not be parsed"
+
+
 def classify(exc: BaseException) -> tuple[ExitCode, str]:
     """The exit code and the one-line message (not yet scrubbed) for ``exc``."""
     if isinstance(exc, CliError):
@@ -68,7 +80,12 @@ def classify(exc: BaseException) -> tuple[ExitCode, str]:
         return ExitCode.TIMEOUT, str(exc)
     if isinstance(exc, ValidationError):
         return ExitCode.USAGE, _validation_message(exc)
-    if isinstance(exc, StoreConnectionError | RedisConnectionError | RedisTimeoutError | OSError):
+    if isinstance(exc, SettingsError):
+        # pydantic-settings' message quotes the variable's value, which may hold a password
+        return ExitCode.USAGE, f"invalid settings: {_settings_error_message(exc)}"
+    # Not bare OSError: the store wraps connection errors in StoreConnectionError, and any
+    # other OSError is local (say, stdout on a full disk), not an unreachable server.
+    if isinstance(exc, StoreConnectionError | RedisConnectionError | RedisTimeoutError):
         return ExitCode.UNREACHABLE, str(exc) or type(exc).__name__
     if isinstance(exc, RedisError):
         return ExitCode.ERROR, f"Redis replied with an error: {exc}"

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._connection import Connector
+from .._connection import Connector, explain
 from .._exceptions import ResultStoreError, StoreConnectionError
 from .._settings import StoreSettings
 
@@ -78,7 +78,7 @@ async def ping(settings: StoreSettings) -> PingReport:
         info, rtts, address = await _measure(connector)
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise StoreConnectionError(
-            f"PING failed: Redis unreachable ({connector.describe()}): {exc}"
+            f"PING failed: Redis unreachable ({connector.describe()}): {explain(exc)}"
         ) from exc
     except RedisError as exc:
         raise ResultStoreError(f"PING failed: {exc}") from exc
