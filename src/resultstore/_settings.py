@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import ssl as _ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from datetime import timedelta
+from functools import partial
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -72,6 +73,17 @@ def _without_inputs(error: ValidationError) -> ValidationError:
         return error
 
 
+def _validate_hiding_inputs(validate: Callable[[], None]) -> None:
+    """Run a model's validation; its ValidationError comes out with every input hidden."""
+    try:
+        validate()
+    except ValidationError as exc:
+        error = _without_inputs(exc)
+    else:
+        return
+    raise error  # outside the except block, so the original (with inputs) is not chained
+
+
 class _HiddenInputsModel(BaseModel):
     """A model whose ``ValidationError`` hides every input, in ``errors()`` and ``json()`` too."""
 
@@ -81,13 +93,7 @@ class _HiddenInputsModel(BaseModel):
         Raises:
             pydantic.ValidationError: naming the field and the fix, with every input hidden.
         """
-        try:
-            super().__init__(**values)
-        except ValidationError as exc:
-            error = _without_inputs(exc)
-        else:
-            return
-        raise error  # outside the except block, so the original (with inputs) is not chained
+        _validate_hiding_inputs(partial(super().__init__, **values))
 
 
 class TLSSettings(_HiddenInputsModel):
@@ -234,13 +240,7 @@ class StoreSettings(BaseSettings):
         Raises:
             pydantic.ValidationError: naming the field and the fix, with every input hidden.
         """
-        try:
-            super().__init__(**values)
-        except ValidationError as exc:
-            error = _without_inputs(exc)
-        else:
-            return
-        raise error  # outside the except block, so the original (with inputs) is not chained
+        _validate_hiding_inputs(partial(super().__init__, **values))
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
