@@ -87,6 +87,16 @@ async def round_trip(store: ResultStore, task_id: str, value: Any = None) -> Non
     assert (await store.get(task_id)).result == value
 
 
+async def assert_connects_everywhere(url: str, task_id: str) -> None:
+    """The command client answers PING, the Pub/Sub connection subscribes, and a store built
+    on the same URL waits for, writes and reads a result."""
+    async with connector(url) as made:
+        assert await made.command_client().ping() is True
+        await assert_pubsub_works(made)
+    async with ResultStore.from_url(url) as store:
+        await round_trip(store, task_id)
+
+
 def named(server: RedisServer, name: str) -> list[dict[str, Any]]:
     """The server's CLIENT LIST entries of connections named ``name``."""
     with server.client() as admin:
@@ -115,11 +125,7 @@ async def test_password_authenticates_command_client_pubsub_and_store(
     redis_auth_server: RedisServer,
 ) -> None:
     url = redis_auth_server.url
-    async with connector(url) as made:
-        assert await made.command_client().ping() is True
-        await assert_pubsub_works(made)
-    async with ResultStore.from_url(url) as store:
-        await round_trip(store, "auth-ok")
+    await assert_connects_everywhere(url, "auth-ok")
 
 
 async def test_wrong_password_fails_everywhere_without_showing_the_password(
@@ -232,11 +238,7 @@ async def test_unix_socket_pubsub_connection_receives_messages(
 async def test_tls_with_the_ca_verified_works(redis_tls_server: RedisServer) -> None:
     assert redis_tls_server.tls is not None
     url = tls_url(redis_tls_server, ssl_ca_certs=redis_tls_server.tls.ca_cert)
-    async with connector(url) as made:
-        assert await made.command_client().ping() is True
-        await assert_pubsub_works(made)
-    async with ResultStore.from_url(url) as store:
-        await round_trip(store, "tls-ok")
+    await assert_connects_everywhere(url, "tls-ok")
 
 
 async def test_tls_with_the_wrong_ca_fails_naming_certificate_verification(
@@ -259,11 +261,7 @@ async def test_mutual_tls_with_client_certificate_works(redis_mtls_server: Redis
     url = redis_mtls_server.url
     assert "ssl_certfile=" in url
     assert "ssl_keyfile=" in url
-    async with connector(url) as made:
-        assert await made.command_client().ping() is True
-        await assert_pubsub_works(made)
-    async with ResultStore.from_url(url) as store:
-        await round_trip(store, "mtls-ok")
+    await assert_connects_everywhere(url, "mtls-ok")
 
 
 async def test_mutual_tls_without_client_certificate_fails(redis_mtls_server: RedisServer) -> None:
