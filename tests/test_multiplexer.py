@@ -246,8 +246,9 @@ async def test_frozen_server_is_noticed_and_waits_complete_after_thaw(
 async def test_down_past_reconnect_timeout_fails_waiters_then_recovers(
     redis_server: RedisServer,
 ) -> None:
-    """Invariant 7: waiters get StoreConnectionError instead of hanging; once Redis is back, a new
-    wait_for on the same store works without a restart of the store."""
+    """Waiters get StoreConnectionError instead of hanging, and so does a wait that starts during
+    the known outage; once Redis is back, a new wait_for on the same store works without a
+    restart of the store."""
     async with ResultStore.from_url(redis_server.url, reconnect_timeout=0.5) as store:
         waiter = asyncio.create_task(store.wait_for("down", timeout=60))
         await armed(store, 1)
@@ -259,6 +260,8 @@ async def test_down_past_reconnect_timeout_fails_waiters_then_recovers(
         with pytest.raises(StoreConnectionError):
             await late
         redis_server.restart()
+        # Until the link is back, new waits fail at once (the outage is known); then they work.
+        await until(lambda: store.statistics().connected, timeout=30)
         again = asyncio.create_task(store.wait_for("back", timeout=30))
         await armed(store, 1, timeout=30)
         await store.set("back", "yes")
@@ -421,7 +424,7 @@ def test_hand_packed_commands_match_redis_py(args: list[bytes]) -> None:
     the bytes must be exactly redis-py's."""
     from redis.asyncio.connection import Connection
 
-    from resultstore._multiplexer import _pack
+    from resultstore._resp import pack as _pack
 
     packer = Connection()
     for name in (b"SUBSCRIBE", b"UNSUBSCRIBE"):
@@ -582,7 +585,7 @@ async def test_one_forbidden_task_does_not_fail_its_batch(
 async def test_reader_falls_back_to_the_public_read_without_a_parser() -> None:
     """The reader takes replies from redis-py's parser when the connection has one, and from
     the public ``read_response`` otherwise (a future redis-py may rename its internals)."""
-    from resultstore._multiplexer import _reply_reader
+    from resultstore._resp import reply_reader as _reply_reader
 
     class PublicOnly:
         async def read_response(self, *, disable_decoding: bool, disconnect_on_error: bool) -> Any:

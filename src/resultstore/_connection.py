@@ -18,6 +18,7 @@ master refuses (READONLY: it did not run) is sent once more, to the master the s
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from redis.asyncio import Redis
@@ -37,12 +38,12 @@ from redis.asyncio.sentinel import (
     SentinelManagedSSLConnection,
 )
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
 
 from ._settings import StoreSettings, TLSSettings
 
-__all__ = ["Connector", "explain"]
+__all__ = ["Connector", "explain", "is_config_error"]
 
 logger = logging.getLogger("resultstore")
 
@@ -211,10 +212,18 @@ class Connector:
     async def open_pubsub(self) -> AbstractConnection:
         """Open and return a new, connected Pub/Sub connection (RESP2, no hidden retries).
 
+        See :meth:`open_connection`; reads on it never time out (the multiplexer's liveness ping
+        bounds them).
+        """
+        return await self.open_connection(read_timeout=None)
+
+    async def open_connection(self, *, read_timeout: float | None) -> AbstractConnection:
+        """Open and return a new, connected connection outside the pool (RESP2, no retries).
+
         One connection attempt, then a PING, so a refused password or client certificate fails
         here rather than on the first SUBSCRIBE. Opening is bounded by ``socket_connect_timeout``
         per step (connect and TLS handshake, then each of the AUTH/SELECT/PING replies); reads
-        on the returned connection never time out (the multiplexer's liveness ping bounds them).
+        on the returned connection are bounded by ``read_timeout`` (``None``: never).
         For Sentinel the current master is asked of the sentinels on every call, so a reconnect
         follows a failover, and idle command connections to a former master are dropped.
 
@@ -253,7 +262,7 @@ class Connector:
         except BaseException:
             await conn.disconnect()
             raise
-        conn.socket_timeout = None
+        conn.socket_timeout = read_timeout
         return conn
 
     async def _master_address(self) -> tuple[str, int]:
@@ -293,6 +302,23 @@ class Connector:
 
 
 _EXPLAIN_LIMIT = 300
+# Errors that say the configuration is wrong, not that Redis is away: waiting will not help.
+_CONFIG_ERRORS = (AuthenticationError, ssl.SSLCertVerificationError)
+
+
+def is_config_error(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it: redis-py wraps TLS failures) is a configuration error
+    that waiting cannot fix: refused credentials, a certificate that does not verify, a missing
+    CA/certificate/key file. A missing Unix socket is an outage (the server may be restarting)."""
+    for _ in range(6):
+        if exc is None:
+            return False
+        if isinstance(exc, _CONFIG_ERRORS):
+            return True
+        if isinstance(exc, FileNotFoundError | PermissionError) and exc.filename is not None:
+            return True  # a file the settings name (TLS files); a socket connect has no filename
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def explain(exc: BaseException) -> str:

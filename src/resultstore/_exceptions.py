@@ -6,6 +6,7 @@ from the builtin exception a caller would naturally catch::
     ResultStoreError
      +-- ResultTimeout          (TimeoutError)     wait_for's own timeout expired
      +-- StoreConnectionError   (ConnectionError)  Redis unreachable past reconnect_timeout
+     +-- PermissionDeniedError  (PermissionError)  an ACL refused a key or channel (NOPERM)
      +-- ValueTooLargeError     (ValueError)       encoded value over max_value_size; not written
      +-- StoreClosedError       (RuntimeError)     the store was used after aclose()
      +-- PayloadDecodeError     (ValueError)       a stored payload is not valid result JSON
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "PayloadDecodeError",
+    "PermissionDeniedError",
     "ResultStoreError",
     "ResultTimeout",
     "StoreClosedError",
@@ -55,6 +57,13 @@ class StoreConnectionError(ResultStoreError, ConnectionError):
     def __init__(self, message: str, *, task_id: str | None = None) -> None:
         super().__init__(message)
         self.task_id = task_id
+
+
+class PermissionDeniedError(ResultStoreError, PermissionError):
+    """Redis refused a command on a key or channel for lack of permission (an ACL's NOPERM).
+
+    Waiting cannot fix it: grant the store's user the key and channel patterns it needs.
+    """
 
 
 class ValueTooLargeError(ResultStoreError, ValueError):

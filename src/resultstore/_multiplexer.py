@@ -1,30 +1,21 @@
-"""The Pub/Sub owner: one connection, every task channel, reconnects and liveness.
+"""The Pub/Sub owner: one link, every task channel, reconnects, liveness and the give-up clock.
 
-One multiplexer serves one store. It runs as one long-lived task (``run``) in the store's task
-group; while connected, that task writes every (un)subscribe and PING, and one reader task reads
-every reply. The invariants (ARCHITECTURE.md section 4) and where each one lives:
+A thin owner around two pure objects: ``Subscriptions`` (``_subscriptions.py``: what each channel's
+state is and which command or check comes next) and ``Liveness``/``HealthClock`` (``_health.py``:
+when to PING, when the link is dead, when waiters give up). This module only does the I/O:
 
-1. subscribe -> confirmation -> check: a channel becomes SUBSCRIBED only when the server's
-   confirmation is read, and only then is its key read (``_confirmed_sub`` -> ``_to_check``).
-2. one subscription per channel, reference-counted: the registry calls ``_on_join``/``_on_leave``
-   on the first and last interest, and ``_flush`` reconciles wanted vs. server state.
-3. batching: registrations mark channels dirty and wake the owner, which flushes all of a loop
-   tick's changes as one SUBSCRIBE and one UNSUBSCRIBE.
-4. one reader (``_read_loop``); the owner alone writes.
-5. reconnect with jittered backoff; on a new connection every live channel is dirty again
-   (batched resubscribe) and every confirmation is followed by a chunked MGET check.
-6. liveness: a PING when nothing was read for ``ping_interval``; no reply in ``ping_timeout``
-   drops the connection.
-7. ``reconnect_timeout``: while down, channels older than that (counted from the outage start)
-   fail with StoreConnectionError; the owner keeps trying.
-8. malformed payloads fail only their channel (the registry decodes per channel).
-9. non-ready states reach watchers only (the registry's delivery rules).
+* ``run`` connects with jittered backoff once somebody first waits, and keeps the link from then
+  on; each link has one reader task (replies -> events) and one writer (the commands the state
+  machine returns, PINGs);
+* checks (the read of a key after its channel's confirmation) run on a connection of their own
+  (``_reader.py``), one pipelined round at a time, so they never queue behind the application;
+* a watch task runs the health clock: once the store has been unable to serve for
+  ``reconnect_timeout`` (detection included), every waiter fails with StoreConnectionError and new
+  waits fail at once until the link is healthy again.
 
-Beyond the list: a check result reaches watchers only after a ``PING <token>`` barrier on the
-Pub/Sub connection (``_barrier``), so a GET never overtakes older messages still on the wire; an
-ACL's NOPERM fails only the refused channel (a refused batch is retried one channel per command,
-a refused MGET one key per read), while passing error replies such as BUSY rebuild the
-connection and are retried.
+A check result reaches watchers only after a ``PING <token>`` barrier on the link, so a GET never
+overtakes older messages still on the wire. The design and the test of each guarantee:
+``docs/design.md``.
 """
 
 from __future__ import annotations
@@ -32,185 +23,130 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import ssl
-from collections import deque
 from collections.abc import Awaitable, Callable
-from functools import partial
-from typing import Any, Final
+from typing import Final
 
 import anyio
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
-from ._connection import Connector, explain
-from ._exceptions import ResultStoreError, StoreConnectionError
-from ._waiters import Registry
+from ._connection import Connector, explain, is_config_error
+from ._exceptions import PermissionDeniedError, ResultStoreError, StoreConnectionError
+from ._health import HealthClock, Liveness, budget
+from ._resp import pack, reply_reader
+from ._subscriptions import Command, LinkError, ProtocolViolation, Subscriptions
+from ._waiters import CheckToken, Registry
 
 __all__ = ["Multiplexer"]
 
 logger = logging.getLogger("resultstore")
 
 Fetch = Callable[[list[bytes]], Awaitable[list[bytes | None]]]
-"""Reads many keys in one round trip (the backend's chunked MGET)."""
+"""Reads many keys in one round trip (the multiplexer's own reader connection)."""
 
-_SUBSCRIBING: Final = 1
-_SUBSCRIBED: Final = 2
-_UNSUBSCRIBING: Final = 3
-_CHANNELS_PER_COMMAND: Final = 10_000
 _BACKOFF_BASE: Final = 0.05
 _BACKOFF_CAP: Final = 1.0
 _CLOSE_TIMEOUT: Final = 2.0
-_STABLE_AFTER: Final = 1.0  # a connection that lived this long resets the reconnect backoff
-# Errors that say the configuration is wrong, not that Redis is away: waiting will not help.
-_CONFIG_ERRORS: Final = (
-    AuthenticationError,
-    ssl.SSLCertVerificationError,
-    FileNotFoundError,
-    PermissionError,
-)
-
-
-def _is_config_error(exc: BaseException | None) -> bool:
-    """Whether ``exc`` or what caused it (redis-py wraps TLS failures) is a configuration error."""
-    for _ in range(6):
-        if exc is None:
-            return False
-        if isinstance(exc, _CONFIG_ERRORS):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-class _Lost(Exception):
-    """Why a connection was given up (internal)."""
+_STABLE_AFTER: Final = 1.0  # a link that lived this long resets the reconnect backoff
+_CLOCK_TICK: Final = 0.1  # how often the watch task looks at the clock
+_LINK_ERRORS: Final = (OSError, RedisError, IndexError, TypeError, ProtocolViolation, LinkError)
 
 
 class Multiplexer:
-    """Owns the store's single Pub/Sub connection and fans messages out through a registry."""
+    """Owns the store's Pub/Sub link and fans messages out through the registry.
+
+    Args:
+        connector: opens the link.
+        registry: the store's receivers; this multiplexer attaches to it.
+        fetch: reads keys for checks (redis-py's errors untranslated).
+        close_reader: drops the reader's connection (called when the link is lost: it is
+            probably dead too, and a check stuck on it would wait for its socket timeout).
+    """
 
     def __init__(
         self,
         connector: Connector,
+        registry: Registry,
         fetch: Fetch,
+        close_reader: Callable[[], Awaitable[None]],
         *,
         ping_interval: float,
         ping_timeout: float,
         reconnect_timeout: float,
         connect_timeout: float,
-        max_value_size: int,
     ) -> None:
         self._connector = connector
+        self._registry = registry
         self._fetch = fetch
-        self._ping_interval = ping_interval
-        self._ping_timeout = ping_timeout
+        self._close_reader = close_reader
+        self._ping_interval, self._ping_timeout = budget(
+            ping_interval, ping_timeout, reconnect_timeout
+        )
         self._reconnect_timeout = reconnect_timeout
         self._connect_timeout = connect_timeout
-        self.registry = Registry(self._on_join, self._on_leave, max_size=max_value_size)
-        self._server: dict[bytes, int] = {}
-        # SUBSCRIBE commands sent and not fully confirmed: [confirmations still due, channels].
-        # Replies come in order, so a refusal (an error reply) belongs to the head.
-        self._unconfirmed: deque[list[Any]] = deque()
-        self._alone: set[bytes] = set()  # from a refused batch: subscribed one per command
-        self._dirty: set[bytes] = set()
-        self._to_check: set[bytes] = set()
-        # Barriers: PING tokens to send, and the futures their PONGs resolve (see _barrier).
-        self._pings: list[bytes] = []
+        self._subs = Subscriptions()
+        self._clock = HealthClock(limit=reconnect_timeout)
+        self._down_since: float | None = None  # not connected since (its last answer), once started
+        self._liveness: Liveness | None = None
+        self._conn: AbstractConnection | None = None
+        self._dead: BaseException | None = None
+        self._to_check: dict[bytes, None] = {}
+        self._pings: list[bytes] = []  # barrier tokens to send
         self._barriers: dict[bytes, asyncio.Future[bool]] = {}
         self._barrier_count = 0
         self._wake = asyncio.Event()
         self._check_wake = asyncio.Event()
-        self._conn: AbstractConnection | None = None
-        self._dead: BaseException | None = None
-        self._last_read = 0.0
-        self._down_since: float | None = None
+        self._interest = asyncio.Event()
         self._last_error = "not connected yet"
+        self._links = 0
         self.reconnects = 0
         self.messages = 0
-        self._connections = 0
+        registry.attach(on_join=self._on_join, on_leave=self._on_leave)
 
-    # -- registry hooks (called synchronously from wait_for / watch) ---------------------------
+    # -- registry hooks (called synchronously from wait_for / watch) -------------------------------
 
-    def _on_join(self, channel: bytes, new: bool) -> None:
-        if self._server.get(channel) == _SUBSCRIBED:
-            self._to_check.add(channel)
+    def _on_join(self, channel: bytes) -> None:
+        if self._subs.want(channel, asyncio.get_running_loop().time()):
+            self._to_check[channel] = None
             self._check_wake.set()
-        else:
-            self._dirty.add(channel)
+        elif self._subs.pending_output:
             self._wake.set()
+        self._interest.set()
 
     def _on_leave(self, channel: bytes) -> None:
-        self._to_check.discard(channel)
-        self._alone.discard(channel)
-        if self._server.get(channel) == _SUBSCRIBED:
-            self._dirty.add(channel)
+        self._subs.unwant(channel)
+        self._to_check.pop(channel, None)
+        if self._subs.pending_output:
             self._wake.set()
 
-    # -- statistics ------------------------------------------------------------------------------
+    # -- state, for the store ---------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
-        """Whether the Pub/Sub connection is up."""
-        return self._conn is not None
+        """Whether the Pub/Sub link is up."""
+        return self._subs.connected
+
+    @property
+    def healthy(self) -> bool:
+        """Up, and every wanted channel confirmed and read."""
+        return self._subs.healthy
+
+    @property
+    def outage(self) -> bool:
+        """Whether the give-up clock has run out (new waits fail at once until health returns)."""
+        return self._clock.outage
 
     def subscribed(self) -> int:
         """Channels the server has confirmed and not yet been asked to drop."""
-        return sum(1 for state in self._server.values() if state == _SUBSCRIBED)
+        return self._subs.confirmed()
 
-    # -- the owner task ----------------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Connect when there is interest, serve, reconnect; until cancelled."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._check_loop)
-            attempt = 0
-            while True:
-                await self._wait_for_interest()
-                loop = asyncio.get_running_loop()
-                if self._down_since is None:
-                    self._down_since = loop.time()
-                try:
-                    with anyio.fail_after(self._connect_timeout):
-                        conn = await self._connector.open_pubsub()
-                except (OSError, RedisError, TimeoutError) as exc:
-                    attempt += 1
-                    self._connect_failed(exc)
-                    await self._sleep_down(_backoff(attempt))
-                    continue
-                if self._connections:
-                    self.reconnects += 1
-                self._connections += 1
-                self._down_since = None
-                started = loop.time()
-                try:
-                    reason = await self._serve(conn)
-                finally:
-                    self._conn = None
-                    self._server.clear()
-                    self._unconfirmed.clear()
-                    self._pings.clear()
-                    for barrier in self._barriers.values():
-                        if not barrier.done():
-                            barrier.set_result(False)
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
-                        await conn.disconnect(nowait=True)
-                self._down_since = loop.time()
-                self._last_error = reason
-                logger.warning("resultstore Pub/Sub connection lost (%s); reconnecting", reason)
-                # A connection that dies young keeps the backoff growing: no reconnect storms.
-                attempt = 0 if loop.time() - started >= _STABLE_AFTER else attempt + 1
-                await anyio.sleep(_backoff(attempt) if attempt else random.uniform(0, 0.05))
-
-    async def _wait_for_interest(self) -> None:
-        while not len(self.registry):
-            self._wake.clear()
-            await self._wake.wait()
-
-    def _connect_failed(self, exc: BaseException) -> None:
-        self._last_error = explain(exc)
-        if _is_config_error(exc):
-            # Retrying cannot fix a wrong password or certificate: tell the waiters now.
-            self.registry.fail_where(self._config_error, lambda _created: True)
-        logger.warning("resultstore cannot connect its Pub/Sub connection: %s", self._last_error)
+    def outage_error(self, task_id: str | None) -> StoreConnectionError:
+        """The error a waiter gets when the clock has run out."""
+        return StoreConnectionError(
+            f"Redis unusable ({self._connector.describe()}) for longer than "
+            f"reconnect_timeout={self._reconnect_timeout:g}s; last error: {self._last_error}",
+            task_id=task_id,
+        )
 
     def _config_error(self, task_id: str) -> StoreConnectionError:
         return StoreConnectionError(
@@ -219,245 +155,240 @@ class Multiplexer:
             task_id=task_id,
         )
 
-    def _connection_error(self, task_id: str) -> StoreConnectionError:
-        return StoreConnectionError(
-            f"Redis unreachable ({self._connector.describe()}) for longer than "
-            f"reconnect_timeout={self._reconnect_timeout:g}s; last error: {self._last_error}",
-            task_id=task_id,
-        )
+    # -- the owner task ----------------------------------------------------------------------------
 
-    async def _sleep_down(self, delay: float) -> None:
-        """Sleep between connect attempts, failing channels whose reconnect_timeout ran out."""
+    async def run(self) -> None:
+        """Connect once somebody waits, serve, reconnect; until cancelled."""
+        await self._interest.wait()
         loop = asyncio.get_running_loop()
-        down_since = self._down_since if self._down_since is not None else loop.time()
-        limit = self._reconnect_timeout
-        now = loop.time()
-        self.registry.fail_where(
-            self._connection_error, lambda created: now - max(created, down_since) >= limit
-        )
-        await anyio.sleep(delay)
+        self._down_since = loop.time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._check_loop)
+            tg.start_soon(self._watch_clock)
+            attempt = 0
+            while True:
+                try:
+                    with anyio.fail_after(self._connect_timeout):
+                        conn = await self._connector.open_pubsub()
+                except (OSError, RedisError, TimeoutError) as exc:
+                    attempt += 1
+                    self._connect_failed(exc)
+                    await anyio.sleep(_backoff(attempt))
+                    continue
+                if self._links:
+                    self.reconnects += 1
+                self._links += 1
+                started = loop.time()
+                try:
+                    reason = await self._serve(conn)
+                finally:
+                    await self._lost(conn)
+                self._last_error = reason
+                logger.warning("resultstore Pub/Sub connection lost (%s); reconnecting", reason)
+                # A link that dies young keeps the backoff growing: no reconnect storms.
+                attempt = 0 if loop.time() - started >= _STABLE_AFTER else attempt + 1
+                await anyio.sleep(_backoff(attempt) if attempt else random.uniform(0, 0.05))
 
-    # -- one connection ----------------------------------------------------------------------------
+    def _connect_failed(self, exc: BaseException) -> None:
+        self._last_error = explain(exc)
+        if is_config_error(exc):
+            # Retrying cannot fix a wrong password or certificate: tell the waiters now.
+            self._registry.fail_all(self._config_error)
+        logger.warning("resultstore cannot connect its Pub/Sub connection: %s", self._last_error)
+
+    async def _lost(self, conn: AbstractConnection) -> None:
+        liveness = self._liveness
+        last_answer = (
+            liveness.last_read if liveness is not None else asyncio.get_running_loop().time()
+        )
+        self._conn = None
+        self._liveness = None
+        self._down_since = last_answer
+        self._subs.link_lost(last_answer)
+        self._to_check.clear()
+        self._pings.clear()
+        for barrier in self._barriers.values():
+            if not barrier.done():
+                barrier.set_result(False)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
+            await conn.disconnect(nowait=True)
+            await self._close_reader()
+        self._observe()
+
+    async def _watch_clock(self) -> None:
+        while True:
+            self._observe()
+            await anyio.sleep(_CLOCK_TICK)
+
+    def _observe(self) -> None:
+        """Run the health clock: declare an outage (failing every waiter) or see it end."""
+        since = self._subs.unsettled_since()
+        if self._down_since is not None and (since is None or self._down_since < since):
+            since = self._down_since
+        if self._clock.observe(asyncio.get_running_loop().time(), since):
+            failed = self._registry.fail_all(self.outage_error)
+            logger.warning("resultstore gave up on %d waited task(s): %s", failed, self._last_error)
+
+    # -- one link ----------------------------------------------------------------------------------
 
     async def _serve(self, conn: AbstractConnection) -> str:
-        """Serve one connection until it is lost; returns why."""
+        """Serve one link until it is lost; returns why."""
+        loop = asyncio.get_running_loop()
         self._conn = conn
         self._dead = None
-        self._server.clear()
-        self._unconfirmed.clear()
-        self._alone.clear()
-        self._dirty = set(self.registry.channels())
-        self.registry.epoch += 1
-        self._last_read = asyncio.get_running_loop().time()
+        self._liveness = Liveness(
+            interval=self._ping_interval, timeout=self._ping_timeout, now=loop.time()
+        )
+        self._down_since = None
+        self._subs.link_up()
+        self._registry.new_connection()
+        self._to_check.clear()
+        self._observe()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._read_loop, conn)
+            tg.start_soon(self._read_loop, conn, self._liveness)
             try:
-                reason = await self._write_loop(conn)
+                reason = await self._write_loop(conn, self._liveness)
             finally:
                 tg.cancel_scope.cancel()
         return reason
 
-    async def _read_loop(self, conn: AbstractConnection) -> None:
+    async def _read_loop(self, conn: AbstractConnection, liveness: Liveness) -> None:
         loop = asyncio.get_running_loop()
-        read = _reply_reader(conn)
-        deliver = self.registry.deliver
+        read = reply_reader(conn)
+        subs = self._subs
+        deliver = self._registry.deliver_message
         try:
             while True:
                 try:
                     reply = await read()
                 except ResponseError as exc:  # the public read raises error replies
                     reply = exc
-                self._last_read = loop.time()
+                liveness.on_read(loop.time())
                 if isinstance(reply, ResponseError):  # the parser returns them
-                    self._subscribe_refused(reply)
+                    self._refused(reply)
                     continue
                 kind = reply[0]
                 if kind == b"message":
+                    subs.on_message(reply[1])
                     self.messages += 1
                     deliver(reply[1], reply[2])
-                elif kind == b"subscribe":
-                    self._confirmed_sub(reply[1])
+                    continue
+                if kind == b"subscribe":
+                    if subs.on_subscribed(reply[1]):
+                        self._to_check[reply[1]] = None
+                        self._check_wake.set()
                 elif kind == b"unsubscribe":
-                    self._confirmed_unsub(reply[1])
-                elif kind == b"pong" and reply[1]:
-                    barrier = self._barriers.get(reply[1])
+                    if subs.on_unsubscribed(reply[1]):
+                        self._registry.rewind_watchers(reply[1])
+                elif kind == b"pong":
+                    barrier = self._barriers.get(subs.on_pong(reply[1]))
                     if barrier is not None and not barrier.done():
                         barrier.set_result(True)
-        except (OSError, RedisError, IndexError, TypeError) as exc:
+                else:
+                    raise ProtocolViolation(f"unexpected reply {kind!r}")
+                if subs.pending_output:
+                    self._wake.set()
+        except _LINK_ERRORS as exc:
             self._dead = exc
             self._wake.set()
 
-    def _subscribe_refused(self, exc: ResponseError) -> None:
-        """The server refused a whole SUBSCRIBE (an ACL's NOPERM): fail its channels' waiters.
-
-        Any other error reply (BUSY during a long script, LOADING, ...) is passing: it is raised,
-        the connection is rebuilt, and every channel is subscribed again.
-        """
-        if not isinstance(exc, NoPermissionError) or not self._unconfirmed:
-            raise exc
-        _, channels = self._unconfirmed.popleft()
-        for channel in channels:
-            if self._server.get(channel) == _SUBSCRIBING:
-                del self._server[channel]
-        if len(channels) > 1:  # one forbidden channel refuses its whole batch: try each alone
-            self._alone.update(channels)
-            self._dirty.update(channels)
-            self._wake.set()
-            return
+    def _refused(self, exc: ResponseError) -> None:
+        """The server refused the head command: an ACL's NOPERM fails only its channels; any
+        other refusal (BUSY, LOADING, an unknown command) rebuilds the link (LinkError)."""
         reason = str(exc)
+        failed = self._subs.on_refused(permission=isinstance(exc, NoPermissionError), reason=reason)
 
         def refused(task_id: str) -> ResultStoreError:
-            return ResultStoreError(f"Redis refused to subscribe to task {task_id}: {reason}")
+            return PermissionDeniedError(f"Redis refused to subscribe to task {task_id}: {reason}")
 
-        self._alone.difference_update(channels)
-        for channel in channels:
-            self.registry.fail(channel, refused)
+        for channel in failed:
+            self._registry.fail(channel, refused)
+        if self._subs.pending_output:
+            self._wake.set()
 
-    def _confirmed_sub(self, channel: bytes) -> None:
-        head = self._unconfirmed[0] if self._unconfirmed else None
-        if head is not None:
-            head[0] -= 1
-            if not head[0]:
-                self._unconfirmed.popleft()
-        if self._server.get(channel) == _SUBSCRIBING:
-            self._server[channel] = _SUBSCRIBED
-            self._alone.discard(channel)
-            if channel in self.registry:
-                self._to_check.add(channel)
-                self._check_wake.set()
-            else:
-                self._dirty.add(channel)
-                self._wake.set()
-
-    def _confirmed_unsub(self, channel: bytes) -> None:
-        if self._server.get(channel) == _UNSUBSCRIBING:
-            del self._server[channel]
-            if channel in self.registry:  # wanted again while the UNSUBSCRIBE was on the wire
-                self.registry.rewind_watchers(channel)
-                self._dirty.add(channel)
-                self._wake.set()
-
-    async def _write_loop(self, conn: AbstractConnection) -> str:
+    async def _write_loop(self, conn: AbstractConnection, liveness: Liveness) -> str:
         loop = asyncio.get_running_loop()
-        ping_sent: float | None = None
+        subs = self._subs
         while True:
             if self._dead is not None:
                 return f"{type(self._dead).__name__}: {self._dead}"
             now = loop.time()
-            if ping_sent is not None and self._last_read >= ping_sent:
-                ping_sent = None
-            if ping_sent is None and now - self._last_read >= self._ping_interval:
-                ping_sent = now
-                if not await self._send(conn, [_PING]):
-                    continue
-            if ping_sent is not None and now - ping_sent >= self._ping_timeout:
+            if liveness.expired(now):
                 return f"no reply to PING within ping_timeout={self._ping_timeout:g}s"
+            commands: list[Command] = []
+            if liveness.ping_due(now):
+                liveness.on_ping_sent(now)
+                commands.append(subs.ping())
             if self._pings:
-                tokens, self._pings = self._pings, []
-                await self._send(conn, [_pack(b"PING", [token]) for token in tokens])
+                commands += [subs.ping(token) for token in self._pings]
+                self._pings.clear()
+            commands += subs.commands()
+            if commands:
+                await self._send(conn, [pack(c.name, c.args) for c in commands])
                 continue
-            if self._dirty:
-                await self._flush(conn)
-                continue
-            if ping_sent is not None:
-                deadline = ping_sent + self._ping_timeout
-            else:
-                deadline = self._last_read + self._ping_interval
             self._wake.clear()
-            with anyio.move_on_after(max(0.0, deadline - now)):
+            with anyio.move_on_after(max(0.0, liveness.deadline() - now)):
                 await self._wake.wait()
 
-    async def _flush(self, conn: AbstractConnection) -> None:
-        subs: list[bytes] = []
-        unsubs: list[bytes] = []
-        server = self._server
-        registry = self.registry
-        for channel in self._dirty:
-            state = server.get(channel)
-            if channel in registry:
-                if state is None:
-                    subs.append(channel)
-                    server[channel] = _SUBSCRIBING
-            elif state == _SUBSCRIBED:
-                unsubs.append(channel)
-                server[channel] = _UNSUBSCRIBING
-        self._dirty.clear()
-        step = _CHANNELS_PER_COMMAND
-        commands: list[bytes] = []
-        alone = [channel for channel in subs if channel in self._alone] if self._alone else []
-        if alone:
-            subs = [channel for channel in subs if channel not in self._alone]
-        chunks = [[channel] for channel in alone]
-        chunks += [subs[i : i + step] for i in range(0, len(subs), step)]
-        for chunk in chunks:
-            commands.append(_pack(b"SUBSCRIBE", chunk))
-            self._unconfirmed.append([len(chunk), chunk])
-        commands += [
-            _pack(b"UNSUBSCRIBE", unsubs[i : i + step]) for i in range(0, len(unsubs), step)
-        ]
-        if commands:
-            await self._send(conn, commands)
-
-    async def _send(self, conn: AbstractConnection, commands: list[bytes]) -> bool:
-        """Write packed commands; a failed or stuck write marks the connection dead."""
+    async def _send(self, conn: AbstractConnection, commands: list[bytes]) -> None:
+        """Write packed commands; a failed or stuck write marks the link dead."""
         try:
             with anyio.fail_after(self._ping_timeout):
                 await conn.send_packed_command(commands, check_health=False)
         except (OSError, RedisError, TimeoutError) as exc:
             self._dead = exc
-            return False
-        return True
 
-    # -- checks: read the keys of freshly confirmed channels --------------------------------------
+    # -- checks: read the keys of freshly confirmed channels ---------------------------------------
 
     async def _check_loop(self) -> None:
-        async with anyio.create_task_group() as tg:
-            while True:
-                while not self._to_check:
-                    self._check_wake.clear()
-                    await self._check_wake.wait()
-                batch = list(self._to_check)
-                self._to_check.clear()
-                tg.start_soon(self._check, batch, self.registry.seq, self.registry.epoch)
+        while True:
+            while not self._to_check:
+                self._check_wake.clear()
+                await self._check_wake.wait()
+            batch = list(self._to_check)
+            self._to_check.clear()
+            await self._check(batch, self._subs.generation, self._registry.check_token())
 
-    async def _check(self, batch: list[bytes], seq: int, epoch: int) -> None:
+    async def _check(self, batch: list[bytes], generation: int, token: CheckToken) -> None:
         attempt = 0
+        registry = self._registry
         while batch:
             try:
                 values = await self._fetch(batch)
             except (OSError, RedisError, TimeoutError) as exc:
                 if isinstance(exc, NoPermissionError):  # an ACL's refusal: retrying cannot help
                     if len(batch) == 1:
-                        self._fail_check(batch, exc)
+                        self._fail_check(batch[0], exc, generation)
                         return
                     for channel in batch:  # one forbidden key refuses its whole MGET
-                        await self._check([channel], seq, epoch)
+                        await self._check([channel], generation, token)
                     return
-                # A restarted server fails the first command on a stale pooled connection, and
-                # a busy one answers BUSY for a while: retry while anybody still waits.
+                # A restarted server fails the first command on a stale connection, and a busy
+                # one answers BUSY for a while: retry while anybody still waits (the health
+                # clock fails the waiters if this takes too long).
                 attempt += 1
                 await anyio.sleep(_backoff(attempt))
-                batch = [channel for channel in batch if channel in self.registry]
+                batch = [channel for channel in batch if channel in registry]
                 continue
-            registry = self.registry
-            check = (seq, epoch)
             watched = []
             for channel, value in zip(batch, values, strict=True):
-                registry.deliver(channel, value, check=check, watchers=False)
+                registry.deliver_ready(channel, value)
                 if registry.watched(channel):
                     watched.append((channel, value))
-            # The GET may be newer than messages still on the Pub/Sub link: watchers get the
-            # check only once those are read (the rule in _waiters then drops a stale check).
+                self._subs.on_checked(channel, generation)
+            # The GET may be newer than messages still on the link: watchers get the check only
+            # once those are read (deliver_check then drops a check that is stale for them).
             if watched and await self._barrier():
                 for channel, value in watched:
-                    registry.deliver(channel, value, check=check, waiters=False)
+                    registry.deliver_check(channel, value, token)
+            self._observe()
             return
 
     async def _barrier(self) -> bool:
-        """Wait until everything published before now has been read from the Pub/Sub connection.
+        """Wait until everything published before now has been read from the link.
 
         A ``PING <token>`` is answered after every message the server queued for us before it,
-        so its PONG marks that point. False if the connection was lost first.
+        so its PONG marks that point. False if the link was lost first.
         """
         if self._conn is None:
             return False
@@ -472,40 +403,14 @@ class Multiplexer:
         finally:
             del self._barriers[token]
 
-    def _fail_check(self, batch: list[bytes], exc: BaseException) -> None:
-        message = f"reading results failed: {exc}"
+    def _fail_check(self, channel: bytes, exc: BaseException, generation: int) -> None:
+        message = f"reading the result failed: {exc}"
 
         def make(task_id: str) -> ResultStoreError:
-            return ResultStoreError(f"task {task_id}: {message}")
+            return PermissionDeniedError(f"task {task_id}: {message}")
 
-        for channel in batch:
-            self.registry.fail(channel, make)
-
-
-_PING: Final = b"*1\r\n$4\r\nPING\r\n"
-
-
-def _reply_reader(conn: AbstractConnection) -> Callable[[], Awaitable[Any]]:
-    """One reply at a time, straight from the connection's parser.
-
-    ``Connection.read_response`` wraps every read in timeout and health-check bookkeeping this
-    connection does not use (no socket timeout, no health checks); its parser reads the same
-    replies at half the cost per reply (0.63 vs 1.29 us measured), and the reader reads two
-    replies per result (the message and its UNSUBSCRIBE confirmation). Error replies come back
-    as ResponseError objects there. Should redis-py ever drop ``_parser``, the public method
-    serves instead.
-    """
-    parser_read = getattr(getattr(conn, "_parser", None), "read_response", None)
-    if parser_read is not None:
-        return partial(parser_read, disable_decoding=True)
-    return partial(conn.read_response, disable_decoding=True, disconnect_on_error=False)
-
-
-def _pack(name: bytes, args: list[bytes]) -> bytes:
-    """A RESP command: redis-py's general packer takes ~3x as long for 10,000 channels."""
-    parts = [b"*%d\r\n$%d\r\n%s\r\n" % (len(args) + 1, len(name), name)]
-    parts += [b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args]
-    return b"".join(parts)
+        self._registry.fail(channel, make)
+        self._subs.on_checked(channel, generation)
 
 
 def _backoff(attempt: int) -> float:

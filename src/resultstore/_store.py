@@ -14,17 +14,19 @@ from typing import Any, Final, Literal, Self
 import anyio
 
 from ._codec import check_size, decode_result, encode_result
-from ._exceptions import ResultTimeout, StoreClosedError
+from ._exceptions import ResultStoreError, ResultTimeout, StoreClosedError, StoreConnectionError
 from ._keys import KeyScheme
 from ._meta import ResultMeta
 from ._settings import StoreSettings
 from ._states import FAILURE, SUCCESS
+from ._waiters import Registry
 from .backends import Backend
 from .backends.memory import MemoryBackend
 
 __all__ = ["ResultStore", "StoreStatistics"]
 
 _CLOSE_TIMEOUT: Final = 5.0
+_LAST_LOOK: Final = 0.5  # the read before a wait gives up: bounded, so it never hangs itself
 
 logger = logging.getLogger("resultstore")
 
@@ -77,13 +79,14 @@ class ResultStore:
         self._settings = settings if settings is not None else StoreSettings()
         s = self._settings
         self._keys = KeyScheme(s.global_keyprefix, s.key_prefix)
+        self._registry = Registry(max_size=s.max_value_size)
         self._backend: Backend
         if s.is_memory:
-            self._backend = MemoryBackend(max_value_size=s.max_value_size)
+            self._backend = MemoryBackend(self._registry)
         else:
             from .backends.redis import RedisBackend
 
-            self._backend = RedisBackend(s)
+            self._backend = RedisBackend(s, self._registry)
         self._state: Literal["new", "open", "closed"] = "new"
         self._runner: asyncio.Task[None] | None = None
         self._failure: Exception | None = None
@@ -143,7 +146,7 @@ class ResultStore:
             logger.exception("resultstore background task failed; the store is unusable")
             self._failure = exc
             message = f"the ResultStore's background task failed: {exc!r}"
-            self._backend.registry.fail_where(lambda _: StoreClosedError(message), lambda _: True)
+            self._registry.fail_all(lambda _: StoreClosedError(message))
 
     async def aclose(self) -> None:
         """Close the store: pending waits fail with StoreClosedError, connections close.
@@ -153,8 +156,8 @@ class ResultStore:
         if self._state == "closed":
             return
         self._state = "closed"
-        self._backend.registry.fail_where(
-            lambda _: StoreClosedError("the ResultStore was closed while waiting"), lambda _: True
+        self._registry.fail_all(
+            lambda _: StoreClosedError("the ResultStore was closed while waiting")
         )
         runner, self._runner = self._runner, None
         with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
@@ -167,7 +170,8 @@ class ResultStore:
         if self._state == "closed":
             raise StoreClosedError("this ResultStore is closed")
 
-    def _check_open(self) -> None:
+    def _check_open(self, task_id: str | None = None) -> None:
+        """Before a wait: the store must be open, and not in a known outage (fail fast)."""
         if self._failure is not None:
             raise StoreClosedError(f"the ResultStore's background task failed: {self._failure!r}")
         if self._state != "open":
@@ -176,6 +180,9 @@ class ResultStore:
                 "waiting needs an open ResultStore: use `async with store:` "
                 "(or resultstore.fastapi's lifespan) around wait_for/watch/as_completed"
             )
+        outage = self._backend.outage_error(task_id)
+        if outage is not None:
+            raise outage
 
     # -- reads and writes --------------------------------------------------------------------------
 
@@ -293,25 +300,47 @@ class ResultStore:
             PayloadDecodeError: the task's payload is not a result document.
             StoreClosedError: the store is not open, or closed while waiting.
         """
-        self._check_open()
         _check_timeout(timeout)
-        registry = self._backend.registry
-        channel = self._keys.key(task_id)
-        fut = registry.add_waiter(channel, task_id)
         try:
-            if timeout is None:
-                return await fut
+            self._check_open(task_id)
+        except StoreConnectionError:
+            meta = await self._last_look(task_id)
+            if meta is None:
+                raise
+            return meta
+        registry = self._registry
+        channel = self._keys.key(task_id)
+        fut = registry.waiter(channel, task_id)
+        try:
             try:
                 async with asyncio.timeout(timeout):
                     return await fut
             except TimeoutError:
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
                     return fut.result()  # the result won the race against the timeout
-                raise ResultTimeout(
+                error: ResultStoreError = ResultTimeout(
                     f"task {task_id} was not ready within {timeout:g} s", task_id=task_id
-                ) from None
+                )
+            except StoreConnectionError as exc:
+                error = exc
         finally:
-            registry.remove_waiter(channel, fut)
+            registry.remove(channel, fut)
+        # Before saying "not ready" or "unreachable": one bounded read of the key, so a result
+        # already stored is returned (a timeout of 0, or a link that never became healthy).
+        meta = await self._last_look(task_id)
+        if meta is None:
+            raise error
+        return meta
+
+    async def _last_look(self, task_id: str) -> ResultMeta | None:
+        """The task's ready result if one read within ``_LAST_LOOK`` seconds finds it."""
+        with anyio.move_on_after(_LAST_LOOK):
+            try:
+                meta = await self.get(task_id)
+            except ResultStoreError:
+                return None
+            return meta if meta.ready else None
+        return None
 
     async def watch(self, task_id: str) -> AsyncGenerator[ResultMeta, None]:
         """Yield the task's current state, then every stored update; end after a ready one.
@@ -324,10 +353,10 @@ class ResultStore:
             PayloadDecodeError: a payload is not a result document.
             StoreClosedError: the store is not open, or closed while watching.
         """
-        self._check_open()
-        registry = self._backend.registry
+        self._check_open(task_id)
+        registry = self._registry
         channel = self._keys.key(task_id)
-        watcher = registry.add_watcher(channel, task_id)
+        watcher = registry.watcher(channel, task_id)
         try:
             while True:
                 meta = await watcher.next()
@@ -335,7 +364,7 @@ class ResultStore:
                 if meta.ready:
                     return
         finally:
-            registry.remove_watcher(channel, watcher)
+            registry.remove(channel, watcher)
 
     async def as_completed(
         self, task_ids: Iterable[str], *, timeout: float | None = None
@@ -350,9 +379,9 @@ class ResultStore:
             ResultTimeout: not every task was ready within ``timeout``.
             StoreConnectionError, PayloadDecodeError, StoreClosedError: as for ``wait_for``.
         """
-        self._check_open()
         _check_timeout(timeout)
-        registry = self._backend.registry
+        self._check_open()
+        registry = self._registry
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         done: deque[asyncio.Future[ResultMeta]] = deque()
@@ -366,7 +395,7 @@ class ResultStore:
         try:
             for task_id in dict.fromkeys(task_ids):
                 channel = self._keys.key(task_id)
-                fut = registry.add_waiter(channel, task_id)
+                fut = registry.waiter(channel, task_id)
                 fut.add_done_callback(on_done)
                 pending.append((channel, fut))
             for delivered in range(len(pending)):
@@ -388,14 +417,14 @@ class ResultStore:
                 if fut.done() and not fut.cancelled():
                     fut.exception()  # retrieved: asyncio would log an error never looked at
                 fut.cancel()
-                registry.remove_waiter(channel, fut)
+                registry.remove(channel, fut)
 
     def statistics(self) -> StoreStatistics:
         """A frozen snapshot of channels, waiters, connection state and counters."""
-        waiters, watchers = self._backend.registry.counts()
+        waiters, watchers = self._registry.counts()
         backend = self._backend.stats()
         return StoreStatistics(
-            channels=len(self._backend.registry),
+            channels=len(self._registry),
             waiters=waiters,
             watchers=watchers,
             subscribed=backend.subscribed,

@@ -1,77 +1,109 @@
-"""Who waits for what: task channel -> waiting futures and watcher queues. No I/O.
+"""Who waits for what: task channel -> waiting futures and watchers. No I/O.
 
-The registry is shared by every backend. A backend tells it what arrived (``deliver``) and learns
-from it when a channel gains its first or loses its last interest (the ``on_join``/``on_leave``
-callbacks), which is when the Redis backend subscribes or unsubscribes.
+The store creates the registry and hands it to its backend. The backend learns from it when a
+channel gains interest or loses its last one (``attach``: that is when the Redis backend
+subscribes or unsubscribes) and tells it what arrived: ``deliver_message`` for a Pub/Sub message,
+``deliver_ready``/``deliver_check`` for the read of a key after a confirmation.
 
 Delivery rules:
 
 * ``wait_for`` futures resolve on the first READY result, whether it came from a message or a
-  check (a GET after the subscription was confirmed); non-ready states never reach them.
-* Watchers see every update. A check result reaches a watcher only if the check was sent on the
-  current connection (epoch), the watcher registered before it was sent, and the watcher has been
-  given nothing yet in this epoch: whatever it was given first is at least as new, and later
-  writes arrive as messages. Identical consecutive payloads are shown once.
+  check; non-ready states never reach them.
+* Watchers see updates in order, coalesced: a consumer slower than the producer finds the latest
+  non-ready state, never a backlog (O(1) memory per watcher); a ready state or an error is never
+  dropped and comes last. Identical consecutive payloads are shown once.
+* A check result reaches a watcher only if the check was asked for on the current connection
+  (``new_connection`` starts one), after the watcher registered, and the watcher has been given
+  nothing yet on this connection: whatever it was given first is at least as new, and later
+  writes arrive as messages.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, NamedTuple
 
 from ._codec import decode_result
 from ._exceptions import PayloadDecodeError
 from ._meta import ResultMeta
 from ._states import READY_STATES
 
-__all__ = ["Registry", "Watcher"]
+__all__ = ["CheckToken", "Registry", "Watcher"]
 
 
 class Watcher:
-    """One ``watch()`` consumer: a queue of metas (or an exception) and its delivery bookkeeping."""
+    """One ``watch()`` consumer: the latest unread update and, at the end, a ready state or error.
 
-    __slots__ = ("_event", "_items", "epoch", "last_payload", "seq")
+    Holds at most two items whatever the producer does: a newer non-ready state replaces an
+    unread older one; the final item (ready state or exception) is kept and ends the watch.
+    """
+
+    __slots__ = ("_event", "_final", "_latest", "epoch", "last_payload", "seq")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
-        self.epoch = -1  # the registry epoch of the last message this watcher saw
+        self.epoch = -1  # the registry epoch of the last update this watcher was given
         self.last_payload: bytes | None = None
-        self._items: deque[ResultMeta | BaseException] = deque()
+        self._latest: ResultMeta | None = None
+        self._final: ResultMeta | BaseException | None = None
         self._event = asyncio.Event()
 
+    @property
+    def finished(self) -> bool:
+        """Whether the final item (ready state or error) has been queued."""
+        return self._final is not None
+
     def push(self, item: ResultMeta | BaseException) -> None:
-        """Queue an item for the consumer."""
-        self._items.append(item)
+        """Queue an update, coalescing unread non-ready states; nothing after the final item."""
+        if self._final is not None:
+            return
+        if isinstance(item, ResultMeta) and not item.ready:
+            self._latest = item
+        else:
+            self._final = item
         self._event.set()
 
     async def next(self) -> ResultMeta:
-        """The next update; raises the exception the registry queued, if that comes next."""
-        while not self._items:
+        """The next update; raises the queued exception when that comes next."""
+        while self._latest is None and self._final is None:
             self._event.clear()
             await self._event.wait()
-        item = self._items.popleft()
+        if self._latest is not None:
+            item: ResultMeta | BaseException = self._latest
+            self._latest = None
+        else:
+            assert self._final is not None
+            item = self._final
         if isinstance(item, BaseException):
             raise item
         return item
 
 
-class _Entry:
-    __slots__ = ("created", "task_id", "waiters", "watchers")
+Receiver = asyncio.Future[ResultMeta] | Watcher
+"""A ``wait_for`` future or a ``watch`` consumer."""
 
-    def __init__(self, task_id: str, created: float) -> None:
+
+class CheckToken(NamedTuple):
+    """When a check (a read after a confirmation) was asked for."""
+
+    seq: int
+    """Registrations so far: watchers registered later are not served by this check."""
+    epoch: int
+    """The connection it was asked on: a check from an earlier one may be stale."""
+
+
+class _Entry:
+    __slots__ = ("task_id", "waiters", "watchers")
+
+    def __init__(self, task_id: str) -> None:
         self.task_id = task_id
-        self.created = created
         self.waiters: list[asyncio.Future[ResultMeta]] = []
         self.watchers: list[Watcher] = []
 
 
-JoinHook = Callable[[bytes, bool], None]
-"""Called with (channel, is_new_channel) after a waiter or watcher registered."""
-LeaveHook = Callable[[bytes], None]
-"""Called with the channel after its last waiter or watcher left."""
+ChannelHook = Callable[[bytes], None]
+"""Called with a channel: on every registration (join), or when its last receiver left."""
 
 ErrorFactory = Callable[[str], BaseException]
 """Makes the exception given to one failed waiter or watcher, from the task id."""
@@ -79,18 +111,25 @@ ErrorFactory = Callable[[str], BaseException]
 _PENDING_PAYLOAD: Final = b""
 
 
-class Registry:
-    """Task channels and their waiters; delivers decoded results to them."""
+def _ignore(channel: bytes) -> None:
+    """A hook for a backend that needs no notice."""
 
-    def __init__(self, on_join: JoinHook, on_leave: LeaveHook, *, max_size: int) -> None:
+
+class Registry:
+    """Task channels and their receivers; delivers decoded results to them."""
+
+    def __init__(self, *, max_size: int) -> None:
         self._max_size = max_size
         self._entries: dict[bytes, _Entry] = {}
+        self._on_join: ChannelHook = _ignore
+        self._on_leave: ChannelHook = _ignore
+        self._seq = 0
+        self._epoch = 0
+
+    def attach(self, *, on_join: ChannelHook, on_leave: ChannelHook) -> None:
+        """Let one backend hear of every registration and of every channel's last leaver."""
         self._on_join = on_join
         self._on_leave = on_leave
-        self.seq = 0
-        """Counts registrations; a check records it when sent (see the module docstring)."""
-        self.epoch = 0
-        """Bumped by the backend when a new Pub/Sub connection starts."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -110,98 +149,113 @@ class Registry:
             watchers += len(entry.watchers)
         return waiters, watchers
 
-    def _join(self, channel: bytes, task_id: str) -> _Entry:
-        entry = self._entries.get(channel)
-        if entry is None:
-            entry = self._entries[channel] = _Entry(task_id, time.monotonic())
-        return entry
-
-    def add_waiter(self, channel: bytes, task_id: str) -> asyncio.Future[ResultMeta]:
-        """Register a ``wait_for`` future on ``channel``; undo with :meth:`remove_waiter`."""
-        new = channel not in self._entries
-        entry = self._join(channel, task_id)
-        fut: asyncio.Future[ResultMeta] = asyncio.get_running_loop().create_future()
-        entry.waiters.append(fut)
-        self.seq += 1
-        self._on_join(channel, new)
-        return fut
-
-    def remove_waiter(self, channel: bytes, fut: asyncio.Future[ResultMeta]) -> None:
-        """Forget a waiter; the channel's last leaver triggers ``on_leave``. Idempotent."""
-        entry = self._entries.get(channel)
-        if entry is not None and fut in entry.waiters:
-            entry.waiters.remove(fut)
-            self._drop_if_empty(channel, entry)
-
-    def add_watcher(self, channel: bytes, task_id: str) -> Watcher:
-        """Register a watcher on ``channel``; undo with :meth:`remove_watcher`."""
-        new = channel not in self._entries
-        entry = self._join(channel, task_id)
-        self.seq += 1
-        watcher = Watcher(self.seq)
-        entry.watchers.append(watcher)
-        self._on_join(channel, new)
-        return watcher
-
-    def remove_watcher(self, channel: bytes, watcher: Watcher) -> None:
-        """Forget a watcher. Idempotent."""
-        entry = self._entries.get(channel)
-        if entry is not None and watcher in entry.watchers:
-            entry.watchers.remove(watcher)
-            self._drop_if_empty(channel, entry)
-
-    def _drop_if_empty(self, channel: bytes, entry: _Entry) -> None:
-        if not entry.waiters and not entry.watchers:
-            del self._entries[channel]
-            self._on_leave(channel)
-
     def watched(self, channel: bytes) -> bool:
         """Whether ``channel`` has watchers."""
         entry = self._entries.get(channel)
         return entry is not None and bool(entry.watchers)
 
-    def deliver(
-        self,
-        channel: bytes,
-        payload: bytes | None,
-        *,
-        check: tuple[int, int] | None = None,
-        waiters: bool = True,
-        watchers: bool = True,
-    ) -> None:
-        """Hand a payload that arrived for ``channel`` to its waiters and watchers.
+    # -- registration: one path for wait_for, watch and as_completed ------------------------------
 
-        Args:
-            payload: the stored or published bytes; ``None`` for a missing key (PENDING).
-            check: ``None`` for a Pub/Sub message; for a check result, the registry's
-                ``(seq, epoch)`` when the check was sent.
-            waiters, watchers: whom to tell (a check reaches them at different moments).
-        """
+    def waiter(self, channel: bytes, task_id: str) -> asyncio.Future[ResultMeta]:
+        """A new ``wait_for`` future on ``channel``, registered; undo with :meth:`remove`."""
+        fut: asyncio.Future[ResultMeta] = asyncio.get_running_loop().create_future()
+        self.add(channel, task_id, fut)
+        return fut
+
+    def watcher(self, channel: bytes, task_id: str) -> Watcher:
+        """A new watcher on ``channel``, registered; undo with :meth:`remove`."""
+        watcher = Watcher(self._seq + 1)
+        self.add(channel, task_id, watcher)
+        return watcher
+
+    def add(self, channel: bytes, task_id: str, receiver: Receiver) -> None:
+        """Register a receiver; the backend hears of it (``on_join``)."""
         entry = self._entries.get(channel)
-        if entry is None or (payload is None and not (watchers and entry.watchers)):
-            return  # nobody to tell, or only waiters, who ignore PENDING
+        if entry is None:
+            entry = self._entries[channel] = _Entry(task_id)
+        if isinstance(receiver, Watcher):
+            entry.watchers.append(receiver)
+        else:
+            entry.waiters.append(receiver)
+        self._seq += 1
+        self._on_join(channel)
+
+    def remove(self, channel: bytes, receiver: Receiver) -> None:
+        """Forget a receiver; the channel's last leaver triggers ``on_leave``. Idempotent."""
+        entry = self._entries.get(channel)
+        if entry is None:
+            return
+        receivers: list[asyncio.Future[ResultMeta]] | list[Watcher]
+        receivers = entry.watchers if isinstance(receiver, Watcher) else entry.waiters
+        if receiver in receivers:
+            receivers.remove(receiver)  # type: ignore[arg-type]
+            if not entry.waiters and not entry.watchers:
+                del self._entries[channel]
+                self._on_leave(channel)
+
+    # -- the connection's life -------------------------------------------------------------------
+
+    def new_connection(self) -> None:
+        """A new Pub/Sub connection starts: checks asked for before it are stale for watchers."""
+        self._epoch += 1
+
+    def check_token(self) -> CheckToken:
+        """Taken when a check is asked for; handed back with its result to ``deliver_check``."""
+        return CheckToken(self._seq, self._epoch)
+
+    # -- delivery ----------------------------------------------------------------------------------
+
+    def _decode(self, channel: bytes, payload: bytes | None) -> tuple[_Entry, ResultMeta] | None:
+        entry = self._entries.get(channel)
+        if entry is None:
+            return None
         try:
-            meta = decode_result(entry.task_id, payload, max_size=self._max_size)
+            return entry, decode_result(entry.task_id, payload, max_size=self._max_size)
         except Exception as exc:  # nothing a publisher sends may stop the reader
             message = str(exc) if isinstance(exc, PayloadDecodeError) else f"undecodable: {exc!r}"
             self._fail_entry(entry, lambda task_id: PayloadDecodeError(message, task_id=task_id))
-            return
-        if waiters and entry.waiters and meta.status in READY_STATES:
-            for fut in entry.waiters:
-                if not fut.done():
-                    fut.set_result(meta)
-        if watchers and entry.watchers:
-            epoch = self.epoch
-            if check is not None and check[1] != epoch:
-                return  # a check from an earlier connection may be older than what is coming
-            raw = _PENDING_PAYLOAD if payload is None else payload
+            return None
+
+    def deliver_message(self, channel: bytes, payload: bytes) -> None:
+        """A Pub/Sub message: to the waiters if ready, and to every watcher."""
+        decoded = self._decode(channel, payload)
+        if decoded is not None:
+            entry, meta = decoded
+            _resolve(entry, meta)
+            epoch = self._epoch
             for watcher in entry.watchers:
-                if check is not None and (watcher.seq > check[0] or watcher.epoch == epoch):
-                    continue
                 watcher.epoch = epoch
-                if raw != watcher.last_payload:
-                    watcher.last_payload = raw
-                    watcher.push(meta)
+                _show(watcher, payload, meta)
+
+    def deliver_ready(self, channel: bytes, payload: bytes | None) -> None:
+        """A check result, to the waiters only (watchers get it later, see ``deliver_check``)."""
+        entry = self._entries.get(channel)
+        if entry is None or payload is None or not entry.waiters:
+            return  # nobody waits, or PENDING, which waiters ignore
+        decoded = self._decode(channel, payload)
+        if decoded is not None:
+            _resolve(*decoded)
+
+    def deliver_check(self, channel: bytes, payload: bytes | None, token: CheckToken) -> None:
+        """A check result, to the waiters and to the watchers it may reach (module docstring)."""
+        entry = self._entries.get(channel)
+        if entry is None:
+            return
+        if not entry.watchers or token.epoch != self._epoch:
+            self.deliver_ready(channel, payload)
+            return
+        decoded = self._decode(channel, payload)
+        if decoded is None:
+            return
+        entry, meta = decoded
+        _resolve(entry, meta)
+        raw = _PENDING_PAYLOAD if payload is None else payload
+        epoch = self._epoch
+        for watcher in entry.watchers:
+            if watcher.seq > token.seq or watcher.epoch == epoch:
+                continue
+            watcher.epoch = epoch
+            _show(watcher, raw, meta)
 
     def rewind_watchers(self, channel: bytes) -> None:
         """Let the next check reach this channel's watchers again.
@@ -214,20 +268,20 @@ class Registry:
             for watcher in entry.watchers:
                 watcher.epoch = -1
 
+    # -- failure -----------------------------------------------------------------------------------
+
     def fail(self, channel: bytes, make_exc: ErrorFactory) -> None:
         """Fail every waiter and watcher of one channel with a fresh ``make_exc(task_id)`` each."""
         entry = self._entries.get(channel)
         if entry is not None:
             self._fail_entry(entry, make_exc)
 
-    def fail_where(self, make_exc: ErrorFactory, predicate: Callable[[float], bool]) -> int:
-        """Fail the channels whose creation time satisfies ``predicate``; returns how many."""
-        failed = 0
-        for entry in list(self._entries.values()):
-            if predicate(entry.created):
-                self._fail_entry(entry, make_exc)
-                failed += 1
-        return failed
+    def fail_all(self, make_exc: ErrorFactory) -> int:
+        """Fail every waiter and watcher; returns how many channels had some."""
+        entries = list(self._entries.values())
+        for entry in entries:
+            self._fail_entry(entry, make_exc)
+        return len(entries)
 
     @staticmethod
     def _fail_entry(entry: _Entry, make_exc: ErrorFactory) -> None:
@@ -236,4 +290,18 @@ class Registry:
             if not fut.done():
                 fut.set_exception(make_exc(entry.task_id))
         for watcher in entry.watchers:
-            watcher.push(make_exc(entry.task_id))
+            if not watcher.finished:
+                watcher.push(make_exc(entry.task_id))
+
+
+def _resolve(entry: _Entry, meta: ResultMeta) -> None:
+    if entry.waiters and meta.status in READY_STATES:
+        for fut in entry.waiters:
+            if not fut.done():
+                fut.set_result(meta)
+
+
+def _show(watcher: Watcher, raw: bytes, meta: ResultMeta) -> None:
+    if raw != watcher.last_payload:
+        watcher.last_payload = raw
+        watcher.push(meta)

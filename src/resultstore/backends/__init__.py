@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .._waiters import Registry
-
 __all__ = ["Backend", "BackendStats"]
 
 
@@ -26,9 +24,7 @@ class BackendStats:
 
 
 class Backend(Protocol):
-    """The operations a store needs from its storage."""
-
-    registry: Registry
+    """The operations a store needs from its storage (built on the store's registry)."""
 
     def describe(self) -> str:
         """A short, secret-free description of where the results live."""
@@ -36,6 +32,10 @@ class Backend(Protocol):
 
     def stats(self) -> BackendStats:
         """A snapshot of the connection state."""
+        ...
+
+    def outage_error(self, task_id: str | None) -> Exception | None:
+        """The error a new wait gets at once during a known outage; ``None`` when there is none."""
         ...
 
     async def run(self) -> None:

@@ -28,9 +28,10 @@ def is_success_payload(payload: bytes) -> bool:
 class MemoryBackend:
     """Results in a dict of this process; nothing survives the store."""
 
-    def __init__(self, *, max_value_size: int) -> None:
+    def __init__(self, registry: Registry) -> None:
         self._data: dict[bytes, tuple[bytes, float | None]] = {}
-        self.registry = Registry(self._on_join, _ignore, max_size=max_value_size)
+        self._registry = registry
+        registry.attach(on_join=self._on_join, on_leave=_ignore)
         self._messages = 0
 
     def describe(self) -> str:
@@ -40,12 +41,15 @@ class MemoryBackend:
     def stats(self) -> BackendStats:
         """Always connected; one 'subscription' per channel somebody waits on."""
         return BackendStats(
-            connected=True, subscribed=len(self.registry), reconnects=0, messages=self._messages
+            connected=True, subscribed=len(self._registry), reconnects=0, messages=self._messages
         )
 
-    def _on_join(self, channel: bytes, new: bool) -> None:
-        registry = self.registry
-        registry.deliver(channel, self._lookup(channel), check=(registry.seq, registry.epoch))
+    def outage_error(self, task_id: str | None) -> None:
+        """Memory is never away: always ``None``."""
+
+    def _on_join(self, channel: bytes) -> None:
+        registry = self._registry
+        registry.deliver_check(channel, self._lookup(channel), registry.check_token())
 
     def _lookup(self, key: bytes) -> bytes | None:
         item = self._data.get(key)
@@ -80,7 +84,7 @@ class MemoryBackend:
         deadline = None if ttl_ms is None else time.monotonic() + ttl_ms / 1000
         self._data[key] = (payload, deadline)
         self._messages += 1
-        self.registry.deliver(key, payload)
+        self._registry.deliver_message(key, payload)
         return True
 
     async def delete(self, key: bytes) -> None:

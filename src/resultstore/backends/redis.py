@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Final
 
 from redis.asyncio import Redis
@@ -19,7 +20,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._connection import Connector, explain
 from .._exceptions import ResultStoreError, StoreClosedError, StoreConnectionError
 from .._multiplexer import Multiplexer
+from .._reader import KeyReader
 from .._settings import StoreSettings
+from .._waiters import Registry
 from . import BackendStats
 
 __all__ = ["RedisBackend"]
@@ -46,27 +49,35 @@ class RedisBackend:
     """Results in Redis: commands through a pool of at most ``max_connections``, waits through
     one Pub/Sub connection."""
 
-    def __init__(self, settings: StoreSettings) -> None:
+    def __init__(self, settings: StoreSettings, registry: Registry) -> None:
         self._connector = Connector(settings)
         self._client: Redis = self._connector.command_client()
         self._slots = asyncio.Semaphore(settings.max_connections)
         self._write_script = self._client.register_script(_WRITE_SCRIPT)
         connect_timeout = (settings.socket_connect_timeout or 5.0) + settings.ping_timeout
+        self._reader = KeyReader(
+            partial(self._connector.open_connection, read_timeout=settings.socket_timeout)
+        )
         self._multiplexer = Multiplexer(
             self._connector,
-            self._mget_raw,
+            registry,
+            self._reader.mget,
+            self._reader.aclose,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
             reconnect_timeout=settings.reconnect_timeout,
             connect_timeout=connect_timeout,
-            max_value_size=settings.max_value_size,
         )
-        self.registry = self._multiplexer.registry
         self._closed = False
 
     def describe(self) -> str:
         """Where the results live, without secrets (for example ``tls 127.0.0.1:6380``)."""
         return self._connector.describe()
+
+    def outage_error(self, task_id: str | None) -> StoreConnectionError | None:
+        """The error for a new wait while the give-up clock has run out; ``None`` otherwise."""
+        mux = self._multiplexer
+        return mux.outage_error(task_id) if mux.outage else None
 
     def stats(self) -> BackendStats:
         """The Pub/Sub connection's state and counters."""
@@ -85,7 +96,10 @@ class RedisBackend:
     async def aclose(self) -> None:
         """Close the pool and the sentinel clients; calls still running get StoreClosedError."""
         self._closed = True
-        await self._connector.aclose()
+        try:
+            await self._reader.aclose()
+        finally:
+            await self._connector.aclose()
 
     @asynccontextmanager
     async def _translated(self, what: str) -> AsyncIterator[None]:
@@ -119,11 +133,6 @@ class RedisBackend:
     async def mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """MGET in chunks, pipelined into one round trip."""
         async with self._translated("MGET"):
-            return await self._mget_unbounded(keys)
-
-    async def _mget_raw(self, keys: list[bytes]) -> list[bytes | None]:
-        """The multiplexer's check: redis-py's errors untranslated, the pool still bounded."""
-        async with self._slots:
             return await self._mget_unbounded(keys)
 
     async def _mget_unbounded(self, keys: Sequence[bytes]) -> list[bytes | None]:
