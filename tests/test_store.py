@@ -390,3 +390,27 @@ async def test_nan_or_negative_timeout_is_refused_before_waiting(
         async for _ in store.as_completed(["t"], timeout=timeout):
             pass
     assert store.statistics().channels == 0
+
+
+@pytest.mark.parametrize("url_kind", ["memory", "redis"])
+def test_a_store_used_from_a_second_event_loop_says_so(
+    url_kind: str, redis_server: RedisServer
+) -> None:
+    """One store, one event loop: a second ``asyncio.run`` gets a RuntimeError that says what to
+    do, not 'Event loop is closed' from a pooled connection."""
+    url = "memory://" if url_kind == "memory" else redis_server.url
+    store = ResultStore.from_url(url)
+
+    async def first() -> None:
+        await store.set("loop", 1)
+        assert (await store.get("loop")).result == 1
+
+    async def second() -> None:
+        with pytest.raises(RuntimeError, match="one store per event loop"):
+            await store.get("loop")
+        with pytest.raises(RuntimeError, match="one store per event loop"):
+            async with store:
+                pass
+
+    asyncio.run(first())
+    asyncio.run(second())

@@ -90,6 +90,7 @@ class ResultStore:
         self._state: Literal["new", "open", "closed"] = "new"
         self._runner: asyncio.Task[None] | None = None
         self._failure: Exception | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
@@ -121,6 +122,7 @@ class ResultStore:
             raise StoreClosedError("this ResultStore is closed; build a new one")
         if self._state == "open":
             raise RuntimeError("this ResultStore is already open")
+        self._check_usable()
         # The store owns one runner task, cancelled and awaited by aclose(); structured concurrency
         # lives inside it. A task of its own (rather than a task group entered by the caller) lets
         # aclose() run from any task: startup and shutdown hooks often run in different tasks.
@@ -169,13 +171,22 @@ class ResultStore:
     def _check_usable(self) -> None:
         if self._state == "closed":
             raise StoreClosedError("this ResultStore is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            # Its connections, futures and background task belong to the first loop.
+            raise RuntimeError(
+                "this ResultStore is bound to the event loop it was first used on; build one "
+                "store per event loop (each asyncio.run() needs a store of its own)"
+            )
 
     def _check_open(self, task_id: str | None = None) -> None:
         """Before a wait: the store must be open, and not in a known outage (fail fast)."""
+        self._check_usable()
         if self._failure is not None:
             raise StoreClosedError(f"the ResultStore's background task failed: {self._failure!r}")
         if self._state != "open":
-            self._check_usable()
             raise StoreClosedError(
                 "waiting needs an open ResultStore: use `async with store:` "
                 "(or resultstore.fastapi's lifespan) around wait_for/watch/as_completed"
