@@ -13,13 +13,16 @@ confirmations as plain replies (with RESP3 they are push messages that a bare re
 Sentinel: the sentinels are asked once each, in turn, with no retries of redis-py's own (its
 default retries each sentinel ten times, about 10 s when all are down). A command that a demoted
 master refuses (READONLY: it did not run) is sent once more, to the master the sentinels name now.
+
+Errors: ``Connector.map_exceptions`` and ``Connector.translate`` (``_translate.py``) turn redis-py's
+errors into resultstore's for this target: its TLS files named, its passwords hidden.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from redis.asyncio import Redis
@@ -129,6 +132,7 @@ class Connector:
         self._settings = settings
         self._client: Redis | None = None
         self._sentinel: Sentinel | None = None
+        self._description = _describe(settings)
         secrets = (settings.password, settings.sentinel_kwargs.password)
         self._scrub = Scrubber(secret.get_secret_value() for secret in secrets if secret)
         self._tls_files = tuple(_tls_files("ssl_", settings.ssl)) + tuple(
@@ -150,13 +154,12 @@ class Connector:
     def translate(self, exc: BaseException, what: str) -> ResultStoreError:
         """The resultstore error for a redis-py or OS error met doing ``what`` (see
         :func:`resultstore._translate.translate`): this target, its TLS files, no secrets."""
-        return translate(exc, what, self.describe(), scrub=self._scrub, tls_files=self._tls_files)
+        return translate(exc, what, self._description, scrub=self._scrub, tls_files=self._tls_files)
 
-    @contextmanager
-    def map_exceptions(self, what: str) -> Iterator[None]:
-        """Raise :meth:`translate`'s error for any redis-py or OS error raised inside."""
-        with map_exceptions(what, self.describe(), scrub=self._scrub, tls_files=self._tls_files):
-            yield
+    def map_exceptions(self, what: str) -> AbstractContextManager[None]:
+        """``with`` it around redis-py calls: raises :meth:`translate`'s error for any redis-py
+        or OS error raised inside (``await`` inside works too)."""
+        return map_exceptions(what, self._description, scrub=self._scrub, tls_files=self._tls_files)
 
     def _connection_kwargs(self) -> dict[str, Any]:
         s = self._settings
@@ -323,12 +326,15 @@ class Connector:
 
     def describe(self) -> str:
         """A short, secret-free description of the target, for ``repr`` and errors."""
-        s = self._settings
-        target = s.target
-        if target.kind == "unix":
-            return f"unix {target.path}"
-        nodes = ",".join(f"{h}:{p}" for h, p in target.hosts)
-        if target.kind == "sentinel":
-            tls = " tls" if s.ssl is not None else ""
-            return f"sentinel {s.master_name}@{nodes}{tls}"
-        return f"{target.kind} {nodes}"
+        return self._description
+
+
+def _describe(settings: StoreSettings) -> str:
+    target = settings.target
+    if target.kind == "unix":
+        return f"unix {target.path}"
+    nodes = ",".join(f"{h}:{p}" for h, p in target.hosts)
+    if target.kind == "sentinel":
+        tls = " tls" if settings.ssl is not None else ""
+        return f"sentinel {settings.master_name}@{nodes}{tls}"
+    return f"{target.kind} {nodes}"

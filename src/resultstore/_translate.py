@@ -245,9 +245,10 @@ def translate(
     reason = _diagnose(exc)
     _, error_type, template = _REASONS[reason]
     message = f"{what} failed: " + template.format(detail=f"({describe}): {explain(exc)}")
-    missing = [f"{path} ({name})" for name, path in tls_files if not os.path.exists(path)]
-    if reason == "tls-files" and missing:
-        message = f"{what} failed: TLS file not found: {', '.join(missing)} ({describe})"
+    if reason == "tls-files":
+        missing = [f"{path} ({name})" for name, path in tls_files if not os.path.exists(path)]
+        if missing:
+            message = f"{what} failed: TLS file not found: {', '.join(missing)} ({describe})"
     return error_type(scrub(message) if scrub is not None else message)
 
 
