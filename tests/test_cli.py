@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from resultstore.testing import AUTH_PASSWORD, RedisServer, SentinelGroup
+from resultstore._cli._errors import url_secrets
+from resultstore.testing import AUTH_PASSWORD, RedisLauncher, RedisServer, SentinelGroup
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -515,6 +516,44 @@ def test_wrong_password_is_one_line_without_the_password(
     assert_one_error(proc, 4)
     assert wrong not in proc.stdout + proc.stderr
     assert AUTH_PASSWORD not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("command", ["get", "set", "forget", "wait", "watch", "ping"])
+def test_password_echoed_by_the_server_is_never_printed(
+    redis_launcher: RedisLauncher, command: str
+) -> None:
+    """A server without AUTH echoes the password ("unknown command 'AUTH', with args beginning
+    with: '<password>'"): every command exits 4 with one line that quotes the echo, hidden."""
+    secret = "Ech0ed-Pa55word-x1"
+    server = redis_launcher.start(extra_config={"rename-command": 'AUTH ""'})
+    args = {"set": ["set", new_id(), "1"], "ping": ["ping"]}.get(command, [command, new_id()])
+    proc = cli(*args, "--url", server.url_for(password=secret))
+    line = assert_one_error(proc, 4)
+    assert "unknown command 'AUTH', with args beginning with: '***'" in line, line
+    assert secret not in proc.stdout + proc.stderr
+
+
+def test_a_one_letter_password_hides_only_itself(redis_launcher: RedisLauncher) -> None:
+    """The password ``e`` is hidden where it stands alone, not inside words ("Redis")."""
+    server = redis_launcher.start(extra_config={"rename-command": 'AUTH ""'})
+    line = assert_one_error(cli("get", new_id(), "--url", server.url_for(password="e")), 4)
+    assert "Redis refused to set up the connection" in line, line
+    assert "with args beginning with: '***'" in line, line
+
+
+@pytest.mark.parametrize(
+    ("texts", "secret"),
+    [
+        pytest.param(["--url=redis://:p%40ss@h:6379/0"], "p@ss", id="decoded"),
+        pytest.param(["--url=redis://:p%40ss@h:6379/0"], "p%40ss", id="encoded"),
+        pytest.param(["redis://:S3cret/pw@h:6379/0"], "S3cret/pw", id="unparsable"),
+        pytest.param(["sentinel://:a1@h:1;sentinel://:b2@h:2"], "b2", id="second-sentinel"),
+    ],
+)
+def test_url_secrets_finds_passwords_in_any_url_argument(texts: list[str], secret: str) -> None:
+    """What the command hides before it can parse its settings: each URL's password, and for
+    a URL that does not parse, what redact_url would hide."""
+    assert secret in set(url_secrets(texts))
 
 
 @pytest.mark.parametrize(

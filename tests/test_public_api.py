@@ -7,6 +7,7 @@ import inspect
 import resultstore
 from resultstore import (
     PayloadDecodeError,
+    PermissionDeniedError,
     ResultStoreError,
     ResultTimeout,
     StoreClosedError,
@@ -17,6 +18,7 @@ from resultstore import (
 
 EXPECTED = [
     "PayloadDecodeError",
+    "PermissionDeniedError",
     "ResultMeta",
     "ResultStore",
     "ResultStoreError",
@@ -58,6 +60,7 @@ def test_errors_share_one_root_and_inherit_their_builtins() -> None:
         (ValueTooLargeError, ValueError),
         (PayloadDecodeError, ValueError),
         (StoreClosedError, RuntimeError),
+        (PermissionDeniedError, PermissionError),
     ]
     for error, builtin in pairs:
         assert issubclass(error, ResultStoreError)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from . import _states as states
 from ._exceptions import (
     PayloadDecodeError,
+    PermissionDeniedError,
     ResultStoreError,
     ResultTimeout,
     StoreClosedError,
@@ -30,6 +31,7 @@ from ._store import ResultStore, StoreStatistics
 
 __all__ = [
     "PayloadDecodeError",
+    "PermissionDeniedError",
     "ResultMeta",
     "ResultStore",
     "ResultStoreError",

@@ -13,12 +13,16 @@ confirmations as plain replies (with RESP3 they are push messages that a bare re
 Sentinel: the sentinels are asked once each, in turn, with no retries of redis-py's own (its
 default retries each sentinel ten times, about 10 s when all are down). A command that a demoted
 master refuses (READONLY: it did not run) is sent once more, to the master the sentinels name now.
+
+Errors: ``Connector.map_exceptions`` and ``Connector.translate`` (``_translate.py``) turn redis-py's
+errors into resultstore's for this target: its TLS files named, its passwords hidden.
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from redis.asyncio import Redis
@@ -31,18 +35,20 @@ from redis.asyncio.connection import (
 )
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
-    MasterNotFoundError,
     Sentinel,
     SentinelConnectionPool,
     SentinelManagedConnection,
     SentinelManagedSSLConnection,
 )
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 
+from ._exceptions import ResultStoreError
 from ._settings import StoreSettings, TLSSettings
+from ._translate import Scrubber, explain, is_config_error, map_exceptions, translate
 
+# explain and is_config_error live in _translate; the multiplexer imports them from here.
 __all__ = ["Connector", "explain", "is_config_error"]
 
 logger = logging.getLogger("resultstore")
@@ -104,6 +110,15 @@ def _tls_kwargs(tls: TLSSettings) -> dict[str, Any]:
     }
 
 
+def _tls_files(prefix: str, tls: TLSSettings | None) -> Iterator[tuple[str, str]]:
+    """``(setting, path)`` of each file ``tls`` names, for an error that names a missing one."""
+    if tls is not None:
+        for name in ("ca_certs", "certfile", "keyfile"):
+            path = getattr(tls, name)
+            if path:
+                yield prefix + name, path
+
+
 class Connector:
     """Builds every Redis connection one store uses, from one :class:`StoreSettings`.
 
@@ -117,6 +132,12 @@ class Connector:
         self._settings = settings
         self._client: Redis | None = None
         self._sentinel: Sentinel | None = None
+        self._description = _describe(settings)
+        secrets = (settings.password, settings.sentinel_kwargs.password)
+        self._scrub = Scrubber(secret.get_secret_value() for secret in secrets if secret)
+        self._tls_files = tuple(_tls_files("ssl_", settings.ssl)) + tuple(
+            _tls_files("sentinel_kwargs.ssl.", settings.sentinel_kwargs.ssl)
+        )
         for message in settings.security_warnings():
             logger.warning(message)
 
@@ -124,6 +145,21 @@ class Connector:
     def settings(self) -> StoreSettings:
         """The settings this connector was built from."""
         return self._settings
+
+    @property
+    def scrub(self) -> Scrubber:
+        """Hides this connector's passwords (data nodes and sentinels) in any text."""
+        return self._scrub
+
+    def translate(self, exc: BaseException, what: str) -> ResultStoreError:
+        """The resultstore error for a redis-py or OS error met doing ``what`` (see
+        :func:`resultstore._translate.translate`): this target, its TLS files, no secrets."""
+        return translate(exc, what, self._description, scrub=self._scrub, tls_files=self._tls_files)
+
+    def map_exceptions(self, what: str) -> AbstractContextManager[None]:
+        """``with`` it around redis-py calls: raises :meth:`translate`'s error for any redis-py
+        or OS error raised inside (``await`` inside works too)."""
+        return map_exceptions(what, self._description, scrub=self._scrub, tls_files=self._tls_files)
 
     def _connection_kwargs(self) -> dict[str, Any]:
         s = self._settings
@@ -290,46 +326,15 @@ class Connector:
 
     def describe(self) -> str:
         """A short, secret-free description of the target, for ``repr`` and errors."""
-        s = self._settings
-        target = s.target
-        if target.kind == "unix":
-            return f"unix {target.path}"
-        nodes = ",".join(f"{h}:{p}" for h, p in target.hosts)
-        if target.kind == "sentinel":
-            tls = " tls" if s.ssl is not None else ""
-            return f"sentinel {s.master_name}@{nodes}{tls}"
-        return f"{target.kind} {nodes}"
+        return self._description
 
 
-_EXPLAIN_LIMIT = 300
-# Errors that say the configuration is wrong, not that Redis is away: waiting will not help.
-_CONFIG_ERRORS = (AuthenticationError, ssl.SSLCertVerificationError)
-
-
-def is_config_error(exc: BaseException | None) -> bool:
-    """Whether ``exc`` (or what caused it: redis-py wraps TLS failures) is a configuration error
-    that waiting cannot fix: refused credentials, a certificate that does not verify, a missing
-    CA/certificate/key file. A missing Unix socket is an outage (the server may be restarting)."""
-    for _ in range(6):
-        if exc is None:
-            return False
-        if isinstance(exc, _CONFIG_ERRORS):
-            return True
-        if isinstance(exc, FileNotFoundError | PermissionError) and exc.filename is not None:
-            return True  # a file the settings name (TLS files); a socket connect has no filename
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def explain(exc: BaseException) -> str:
-    """A short description of a connection error, for messages and logs.
-
-    redis-py's "No master found" lists the repr of every sentinel client (kilobytes of text);
-    only its first clause says anything to a reader.
-    """
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, MasterNotFoundError):
-        text = text.split(" : ", 1)[0]
-    if len(text) > _EXPLAIN_LIMIT:
-        text = text[: _EXPLAIN_LIMIT - 3] + "..."
-    return f"{type(exc).__name__}: {text}"
+def _describe(settings: StoreSettings) -> str:
+    target = settings.target
+    if target.kind == "unix":
+        return f"unix {target.path}"
+    nodes = ",".join(f"{h}:{p}" for h, p in target.hosts)
+    if target.kind == "sentinel":
+        tls = " tls" if settings.ssl is not None else ""
+        return f"sentinel {settings.master_name}@{nodes}{tls}"
+    return f"{target.kind} {nodes}"

@@ -8,7 +8,7 @@ Layers (imports only go down)::
     _rich.py      human output and the wait spinner (needs the ``cli`` extra: rich)
     _render.py    the Output protocol, JSON lines output (no rich), value formatting
     _ping.py      connection check: server version, TLS, topology, round trip
-    _errors.py    exit codes, error classification, password scrubbing
+    _errors.py    exit codes, one line per error, the passwords the command knows of
 """
 
 from __future__ import annotations

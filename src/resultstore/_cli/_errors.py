@@ -1,26 +1,36 @@
 """Exit codes, and every error turned into one secret-free line.
 
-Each error the command can meet maps to one exit code (the table is in ``resultstore -h``);
-:class:`Scrubber` removes every password the command knows of from what it prints.
+Each error the command can meet maps to one exit code (the table is in ``resultstore -h``), with
+the store's own classification (``_translate.py``); the store's :class:`Scrubber`, given every
+password the command knows of (:func:`url_secrets`, :func:`settings_secrets`), hides them in what
+it prints.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._exceptions import ResultTimeout, StoreConnectionError
 from .._settings import StoreSettings
-from .._url import parse_url
+from .._translate import classify as error_kind
+from .._translate import explain
+from .._url import parse_url, redact_url
 
-__all__ = ["CliError", "ExitCode", "Scrubber", "UsageError", "classify"]
+__all__ = [
+    "CliError",
+    "ExitCode",
+    "UsageError",
+    "classify",
+    "one_line",
+    "settings_secrets",
+    "url_secrets",
+]
 
 
 class ExitCode(enum.IntEnum):
@@ -85,56 +95,60 @@ def classify(exc: BaseException) -> tuple[ExitCode, str]:
         return ExitCode.USAGE, f"invalid settings: {_settings_error_message(exc)}"
     # Not bare OSError: the store wraps connection errors in StoreConnectionError, and any
     # other OSError is local (say, stdout on a full disk), not an unreachable server.
-    if isinstance(exc, StoreConnectionError | RedisConnectionError | RedisTimeoutError):
-        return ExitCode.UNREACHABLE, str(exc) or type(exc).__name__
-    if isinstance(exc, RedisError):
-        return ExitCode.ERROR, f"Redis replied with an error: {exc}"
+    if isinstance(exc, StoreConnectionError):
+        return ExitCode.UNREACHABLE, str(exc)
+    if isinstance(exc, RedisError):  # the store translates these; classified as it would
+        refused = error_kind(exc) == "refused"
+        return (ExitCode.ERROR if refused else ExitCode.UNREACHABLE), explain(exc)
     text = str(exc)
     return ExitCode.ERROR, f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-# scheme://user:password@ -> scheme://user:***@, for URL-shaped text nobody parsed
-_URL_USERINFO_RE = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)[^\s@]+@")
 _SPACES_RE = re.compile(r"\s+")
 
 
-class Scrubber:
-    """Replaces every password the command was given with ``***`` in what it prints."""
+def one_line(text: str) -> str:
+    """``text`` on one line: every run of whitespace becomes one space."""
+    return _SPACES_RE.sub(" ", text).strip()
 
-    def __init__(self) -> None:
-        self._secrets: set[str] = set()
 
-    def add(self, secret: str | None) -> None:
-        """Hide ``secret`` from now on (empty values are ignored)."""
-        if secret:
-            self._secrets.add(secret)
+def url_secrets(texts: Iterable[str | None]) -> Iterator[str]:
+    """The password of each text that is (or ends in, after ``=``) a URL.
 
-    def add_urls(self, texts: Iterable[str | None]) -> None:
-        """Hide the password of each text that is (or ends in, after ``=``) a URL."""
-        for text in texts:
-            if not text or "@" not in text:
-                continue
-            for candidate in {text, text.partition("=")[2]}:
-                try:
-                    self.add(parse_url(candidate).password)
-                except ValueError:
-                    # Unparsable: hide from the first ':' after "scheme://" to the last '@',
-                    # as redact_url does: more than the password rather than less.
-                    start = candidate.find("://")
-                    colon = candidate.find(":", start + 3 if start != -1 else 0)
-                    at = candidate.rfind("@")
-                    if -1 < colon < at:
-                        self.add(candidate[colon + 1 : at])
+    For a URL that does not parse, what :func:`redact_url` hides (more than the password rather
+    than less).
+    """
+    for text in texts:
+        if not text or "@" not in text:
+            continue
+        for candidate in {text, text.partition("=")[2]}:
+            try:
+                password = parse_url(candidate).password
+            except ValueError:
+                password = None
+            if password:
+                yield password
+            for part in candidate.split(";"):
+                redacted = redact_url(part)
+                if redacted != part:
+                    yield _hidden(part, redacted)
 
-    def add_settings(self, settings: StoreSettings) -> None:
-        """Hide the passwords of ``settings`` (data nodes and sentinels)."""
-        for secret in (settings.password, settings.sentinel_kwargs.password):
-            if secret is not None:
-                self.add(secret.get_secret_value())
 
-    def __call__(self, text: str) -> str:
-        """``text`` on one line, without any known password or URL password."""
-        text = _SPACES_RE.sub(" ", text).strip()
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return _URL_USERINFO_RE.sub(r"\1***@", text)
+def _hidden(text: str, redacted: str) -> str:
+    """The span of ``text`` that ``redacted`` replaced (one ``***``)."""
+    head = _same(text, redacted)
+    tail = _same(text[head:][::-1], redacted[head:][::-1])
+    return text[head : len(text) - tail]
+
+
+def _same(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` share."""
+    pairs = enumerate(zip(a, b, strict=False))
+    return next((i for i, (x, y) in pairs if x != y), min(len(a), len(b)))
+
+
+def settings_secrets(settings: StoreSettings) -> Iterator[str]:
+    """The passwords of ``settings`` (data nodes and sentinels)."""
+    for secret in (settings.password, settings.sentinel_kwargs.password):
+        if secret is not None:
+            yield secret.get_secret_value()

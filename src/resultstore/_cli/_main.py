@@ -13,8 +13,9 @@ from typing import Any, Final, NoReturn
 
 from .._settings import StoreSettings
 from .._store import ResultStore
+from .._translate import Scrubber
 from ._commands import COMMANDS, Request
-from ._errors import CliError, ExitCode, Scrubber, classify
+from ._errors import CliError, ExitCode, classify, one_line, settings_secrets, url_secrets
 from ._parser import parse_args
 from ._ping import ping
 from ._render import JsonOutput, Output
@@ -32,7 +33,7 @@ class _OneLineFormatter(logging.Formatter):
         self._scrub = scrub
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"{_PROG}: {record.levelname.lower()}: {self._scrub(record.getMessage())}"
+        return f"{_PROG}: {record.levelname.lower()}: {one_line(self._scrub(record.getMessage()))}"
 
 
 @contextmanager
@@ -88,7 +89,7 @@ async def _dispatch(settings: StoreSettings, output: Output, args: argparse.Name
 
 def _report(scrub: Scrubber, message: str) -> None:
     try:
-        sys.stderr.write(f"{_PROG}: error: {scrub(message)}\n")
+        sys.stderr.write(f"{_PROG}: error: {one_line(scrub(message))}\n")
         sys.stderr.flush()
     except OSError:  # stderr is gone; the exit code still tells
         pass
@@ -101,14 +102,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         argv: the arguments without the program name (default: ``sys.argv[1:]``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    scrub = Scrubber()
-    scrub.add_urls([*argv, os.environ.get("RESULTSTORE_URL")])
+    scrub = Scrubber(url_secrets([*argv, os.environ.get("RESULTSTORE_URL")]))
     scrub.add(os.environ.get("RESULTSTORE_PASSWORD"))
     try:
         with _one_line_logging(scrub):
             args = parse_args(argv)
             settings = _settings(args)
-            scrub.add_settings(settings)
+            for secret in settings_secrets(settings):
+                scrub.add(secret)
             return asyncio.run(_dispatch(settings, _output(args.json), args))
     except KeyboardInterrupt:
         _report(scrub, "interrupted")

@@ -8,12 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from redis.asyncio.sentinel import SentinelConnectionPool
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._connection import Connector, explain
-from .._exceptions import ResultStoreError, StoreConnectionError
+from .._connection import Connector
 from .._settings import StoreSettings
 
 __all__ = ["PingReport", "ping"]
@@ -66,7 +62,8 @@ async def ping(settings: StoreSettings) -> PingReport:
     Raises:
         StoreConnectionError: the server is unreachable, refuses the password or the TLS
             handshake, or no sentinel knows the master.
-        ResultStoreError: the server replied with an error (say, an ACL forbids INFO).
+        PermissionDeniedError: an ACL forbids INFO or PING.
+        ResultStoreError: the server replied with another error.
     """
     target = settings.target
     db = settings.db or 0
@@ -75,13 +72,8 @@ async def ping(settings: StoreSettings) -> PingReport:
     tls = settings.ssl
     connector = Connector(settings)
     try:
-        info, rtts, address = await _measure(connector)
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise StoreConnectionError(
-            f"PING failed: Redis unreachable ({connector.describe()}): {explain(exc)}"
-        ) from exc
-    except RedisError as exc:
-        raise ResultStoreError(f"PING failed: {exc}") from exc
+        with connector.map_exceptions("PING"):  # the store's own translation
+            info, rtts, address = await _measure(connector)
     finally:
         await connector.aclose()
     server = str(info.get("server_name") or "redis")

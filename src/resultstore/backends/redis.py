@@ -1,31 +1,34 @@
 """The Redis backend: a bounded command pool plus the Pub/Sub multiplexer.
 
-This module is the boundary where redis-py's errors become resultstore's: connection failures and
-timeouts become :class:`StoreConnectionError`, other server errors :class:`ResultStoreError`.
+redis-py's errors become resultstore's at one boundary, the connector's ``map_exceptions``
+(``_translate.py``): outages and configuration errors become :class:`StoreConnectionError`, an
+ACL's refusal :class:`PermissionDeniedError`, other error replies :class:`ResultStoreError`; no
+message shows a password.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Final
 
 from redis.asyncio import Redis
-from redis.exceptions import AuthenticationError, RedisError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._connection import Connector, explain
+from .._connection import Connector
 from .._exceptions import ResultStoreError, StoreClosedError, StoreConnectionError
 from .._multiplexer import Multiplexer
 from .._reader import KeyReader
 from .._settings import StoreSettings
+from .._translate import SecretFilter
 from .._waiters import Registry
 from . import BackendStats
 
 __all__ = ["RedisBackend"]
+
+logger = logging.getLogger("resultstore")
 
 _MGET_CHUNK: Final = 1_000
 
@@ -90,8 +93,14 @@ class RedisBackend:
         )
 
     async def run(self) -> None:
-        """Run the multiplexer until cancelled."""
-        await self._multiplexer.run()
+        """Run the multiplexer until cancelled; meanwhile no record of the ``resultstore`` logger
+        shows this store's passwords."""
+        secret_filter = SecretFilter(self._connector.scrub)
+        logger.addFilter(secret_filter)
+        try:
+            await self._multiplexer.run()
+        finally:
+            logger.removeFilter(secret_filter)
 
     async def aclose(self) -> None:
         """Close the pool and the sentinel clients; calls still running get StoreClosedError."""
@@ -103,26 +112,15 @@ class RedisBackend:
 
     @asynccontextmanager
     async def _translated(self, what: str) -> AsyncIterator[None]:
+        """redis-py's errors -> ours, through the connector's boundary (``_translate.py``)."""
         try:
             async with self._slots:
-                yield
-        except (RedisError, OSError) as exc:
-            raise self._translate(what, exc) from exc
-
-    def _translate(self, what: str, exc: RedisError | OSError) -> ResultStoreError:
-        """redis-py's error -> ours (this module is the one place where that happens)."""
-        if self._closed:  # the pool was closed under the call: not an outage
-            return StoreClosedError(f"{what} was cut short: the ResultStore was closed")
-        if isinstance(exc, AuthenticationError):
-            return StoreConnectionError(
-                f"{what} failed: Redis refused the credentials ({self.describe()}): "
-                f"{explain(exc)}; check username/password"
-            )
-        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
-            return StoreConnectionError(
-                f"{what} failed: Redis unreachable ({self.describe()}): {explain(exc)}"
-            )
-        return ResultStoreError(f"{what} failed: {exc}")
+                with self._connector.map_exceptions(what):
+                    yield
+        except ResultStoreError as exc:
+            if self._closed:  # the pool was closed under the call: not an outage
+                raise StoreClosedError(f"{what} was cut short: the ResultStore was closed") from exc
+            raise
 
     async def get(self, key: bytes) -> bytes | None:
         """GET."""

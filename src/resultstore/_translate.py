@@ -1,0 +1,388 @@
+"""The one boundary where redis-py's and the OS's errors become resultstore's, without secrets.
+
+::
+
+    classify(exc)           "config":  waiting cannot fix it (credentials, TLS certificate or files)
+                            "refused": Redis refused the command (NOPERM, any other error reply)
+                            "outage":  Redis is away or busy (refused TCP, missing Unix socket,
+                                       timeouts, resets, LOADING, BUSY, READONLY, ...): retry
+    translate(exc, ...)     the ResultStoreError a caller sees: what happened, and the fix
+    map_exceptions(...)     ``with`` around redis-py calls (``await`` inside works too)
+    Scrubber, SecretFilter  no known password in any message or log record
+
+redis-py loses some causes on the way: a missing CA file and a missing Unix socket both surface as
+``ConnectionError("Error 2 connecting to ...")`` over a ``FileNotFoundError`` without a file name.
+Where the cause was raised tells them apart: in redis-py's TLS context loading (configuration) or
+in the socket connect (the server is away, maybe restarting). Likewise an error reply raised in the
+connection's handshake (AUTH, CLIENT SETNAME, SELECT) is configuration, whatever its text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import ssl
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from types import CodeType
+from typing import Final, Literal
+from urllib.parse import quote
+
+from redis.asyncio.connection import AbstractConnection, RedisSSLContext
+from redis.asyncio.sentinel import MasterNotFoundError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    AuthorizationError,
+    ClusterDownError,
+    InvalidResponse,
+    NoPermissionError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ._exceptions import PermissionDeniedError, ResultStoreError, StoreConnectionError
+
+__all__ = [
+    "Kind",
+    "Scrubber",
+    "SecretFilter",
+    "classify",
+    "explain",
+    "is_config_error",
+    "map_exceptions",
+    "translate",
+]
+
+Kind = Literal["config", "refused", "outage"]
+_CREDENTIALS: Final = (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    AuthorizationError,
+)
+_BUSY_CODES: Final = frozenset(
+    {"LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN"}
+)
+_BUSY_REPLIES: Final = (ReadOnlyError, TryAgainError, ClusterDownError)  # + MasterDownError
+# A TLS connection cut mid-way (a restart) rather than a refused certificate or protocol.
+_TLS_CUT: Final = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+_CHAIN_LIMIT: Final = 8
+_EXPLAIN_LIMIT: Final = 300
+
+
+def _code(function: object) -> CodeType | None:
+    return getattr(function, "__code__", None)
+
+
+_TLS_LOAD: Final = _code(RedisSSLContext.get)  # loads the CA, certificate and key files
+_HANDSHAKE: Final = _code(AbstractConnection.on_connect_check_health)  # AUTH, SETNAME, SELECT
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it (``raise ... from None`` ends the chain)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen and len(seen) < _CHAIN_LIMIT:
+        seen.add(id(link))
+        yield link
+        if link.__cause__ is not None or link.__suppress_context__:
+            link = link.__cause__
+        else:
+            link = link.__context__
+
+
+def _raised_in(exc: BaseException, code: CodeType | None) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _diagnose(exc: BaseException) -> str:
+    chain = list(_chain(exc))
+    for link in chain:  # configuration anywhere in the chain wins
+        if isinstance(link, _CREDENTIALS):
+            return "credentials"
+        if isinstance(link, RedisError) and "WRONGPASS" in str(link):
+            return "credentials"
+        if isinstance(link, MasterNotFoundError) and ":AuthenticationError" in str(link):
+            return "sentinel-credentials"  # redis-py keeps only the text of the sentinels' errors
+        if isinstance(link, ssl.SSLCertVerificationError):
+            return "tls-verify"
+        if isinstance(link, OSError) and _raised_in(link, _TLS_LOAD):
+            return "tls-files"
+        if isinstance(link, ssl.SSLError) and not isinstance(link, _TLS_CUT):
+            return "tls"
+    for link in chain:
+        if isinstance(link, ResponseError):
+            status = getattr(link, "status_code", None) or str(link).partition(" ")[0]
+            if isinstance(link, _BUSY_REPLIES) or status in _BUSY_CODES:
+                return "busy"
+            if isinstance(link, NoPermissionError):
+                return "permission"
+            return "handshake" if _raised_in(link, _HANDSHAKE) else "reply"
+    if any(isinstance(link, FileNotFoundError) for link in chain):
+        return "socket"  # not a TLS file (see above): the Unix socket is gone
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | InvalidResponse | OSError):
+        return "unreachable"
+    return "reply"
+
+
+def classify(exc: BaseException) -> Kind:
+    """What kind of failure ``exc`` (a redis-py or OS error, with its causes) is.
+
+    Returns:
+        ``"config"`` when waiting cannot fix it: refused credentials (AUTH, NOAUTH, WRONGPASS,
+        also at the sentinels), an error reply to the connection handshake, a TLS certificate
+        that does not verify or a TLS handshake the server refuses, a CA/certificate/key file
+        that cannot be loaded. ``"refused"`` when Redis refused the command (NOPERM, WRONGTYPE,
+        OOM, ...). ``"outage"`` otherwise: refused TCP, a missing Unix socket file, timeouts,
+        resets, LOADING, BUSY, MASTERDOWN, READONLY, TRYAGAIN, CLUSTERDOWN.
+    """
+    return _REASONS[_diagnose(exc)][0]
+
+
+def is_config_error(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a configuration error (``classify(exc) == "config"``): fail now."""
+    return exc is not None and classify(exc) == "config"
+
+
+def explain(exc: BaseException) -> str:
+    """``Type: text`` of ``exc``, short (for messages and logs); not scrubbed.
+
+    redis-py's "No master found" lists the repr of every sentinel client (kilobytes of text);
+    only its first clause says anything to a reader.
+    """
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, MasterNotFoundError):
+        text = text.split(" : ", 1)[0]
+    if len(text) > _EXPLAIN_LIMIT:
+        text = text[: _EXPLAIN_LIMIT - 3] + "..."
+    return f"{type(exc).__name__}: {text}"
+
+
+# reason -> (kind, error type, message after "<what> failed: "); {detail} is "(<target>): <why>"
+_REASONS: Final[dict[str, tuple[Kind, type[ResultStoreError], str]]] = {
+    "credentials": (
+        "config",
+        StoreConnectionError,
+        "Redis refused the credentials {detail}; check the username and password",
+    ),
+    "sentinel-credentials": (
+        "config",
+        StoreConnectionError,
+        "the sentinels refused the credentials {detail}; check the username and password in"
+        " sentinel_kwargs",
+    ),
+    "handshake": (
+        "config",
+        StoreConnectionError,
+        "Redis refused to set up the connection {detail}; check the password (none for a server"
+        " without AUTH), the db and the client_name",
+    ),
+    "tls-verify": (
+        "config",
+        StoreConnectionError,
+        "the server's TLS certificate did not verify {detail}; check ssl_ca_certs (the CA that"
+        " signed it) and that the host name matches the certificate",
+    ),
+    "tls": (
+        "config",
+        StoreConnectionError,
+        "the TLS handshake failed {detail}; check the client certificate (ssl_certfile,"
+        " ssl_keyfile) and that the port speaks TLS",
+    ),
+    "tls-files": (
+        "config",
+        StoreConnectionError,
+        "cannot load the TLS files {detail}; check ssl_ca_certs, ssl_certfile and ssl_keyfile",
+    ),
+    "permission": (
+        "refused",
+        PermissionDeniedError,
+        "Redis refused it for lack of permission {detail}; grant the user the result keys and"
+        " channels and the commands it needs",
+    ),
+    "reply": ("refused", ResultStoreError, "Redis replied with an error {detail}"),
+    "busy": ("outage", StoreConnectionError, "Redis cannot serve it now {detail}"),
+    "socket": (
+        "outage",
+        StoreConnectionError,
+        "Redis unreachable {detail}; the socket file does not exist: is redis-server running?",
+    ),
+    "unreachable": ("outage", StoreConnectionError, "Redis unreachable {detail}"),
+}
+
+
+def translate(
+    exc: BaseException,
+    what: str,
+    describe: str,
+    *,
+    scrub: Callable[[str], str] | None = None,
+    tls_files: Sequence[tuple[str, str]] = (),
+) -> ResultStoreError:
+    """The resultstore error for ``exc``: what happened and the fix, without secrets.
+
+    Args:
+        exc: the redis-py or OS error.
+        what: the operation, for example ``"GET"``.
+        describe: the target without secrets (``Connector.describe()``).
+        scrub: hides secrets in the message (a :class:`Scrubber`).
+        tls_files: ``(setting, path)`` of each TLS file the settings name, to name a missing one.
+
+    Returns:
+        StoreConnectionError for "config" and "outage", PermissionDeniedError for NOPERM,
+        ResultStoreError for any other error reply.
+    """
+    reason = _diagnose(exc)
+    _, error_type, template = _REASONS[reason]
+    message = f"{what} failed: " + template.format(detail=f"({describe}): {explain(exc)}")
+    if reason == "tls-files":
+        missing = [f"{path} ({name})" for name, path in tls_files if not os.path.exists(path)]
+        if missing:
+            message = f"{what} failed: TLS file not found: {', '.join(missing)} ({describe})"
+    return error_type(scrub(message) if scrub is not None else message)
+
+
+def _carries_secret(exc: BaseException, scrub: Callable[[str], str] | None) -> bool:
+    """Whether the text of ``exc`` or of anything it links to holds a secret."""
+    if scrub is None:
+        return False
+    todo: list[BaseException | None] = [exc]
+    seen: list[BaseException] = []
+    while todo and len(seen) < _CHAIN_LIMIT:
+        link = todo.pop()
+        if link is None or any(link is other for other in seen):
+            continue
+        seen.append(link)
+        todo += [link.__cause__, link.__context__]
+    return any(scrub(str(link)) != str(link) for link in seen)
+
+
+@contextmanager
+def map_exceptions(
+    what: str,
+    describe: str,
+    *,
+    scrub: Callable[[str], str] | None = None,
+    tls_files: Sequence[tuple[str, str]] = (),
+) -> Iterator[None]:
+    """Raise :func:`translate`'s error for any redis-py or OS error raised inside.
+
+    The redis-py error is kept as ``__cause__``, unless its text (or its causes') holds a
+    secret: then the chain is cut (``from None``), so no traceback shows the secret.
+    """
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        error = translate(exc, what, describe, scrub=scrub, tls_files=tls_files)
+        if _carries_secret(exc, scrub):
+            raise error from None
+        raise error from exc
+
+
+# -- secrets -------------------------------------------------------------------------------------
+
+MASK: Final = "***"
+# scheme://user:password@ -> scheme://user:***@, for URL-shaped text with an unknown password
+_URL_USERINFO: Final = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)[^\s@]+@")
+_QUOTED: Final = re.compile(r"'([^'\r\n]+)'|\"([^\"\r\n]+)\"")
+_MIN_PREFIX: Final = 8  # a shorter quoted prefix of a password gives little away
+_WORD: Final = re.compile(r"\w")
+
+
+def _token(text: str) -> str:
+    """A pattern for ``text`` standing alone: not inside a longer word."""
+    head = r"(?<!\w)" if _WORD.match(text[0]) else ""
+    tail = r"(?!\w)" if _WORD.match(text[-1]) else ""
+    return head + re.escape(text) + tail
+
+
+class Scrubber:
+    """Hides known secrets (passwords) in any text: ``scrub(text)``.
+
+    A secret is hidden where it stands as a whole token, never inside a longer word (the
+    password ``e`` leaves "Redis" alone); also percent-encoded, escaped as in a repr, with
+    newlines turned to spaces, and as the truncated quoted prefix a server echoes
+    (``unknown command 'AUTH', with args beginning with: '<first 128 characters>'``). The
+    password of any ``scheme://user:password@`` in the text is hidden, known or not.
+    """
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str | None) -> None:
+        """Hide ``secret`` from now on (``None`` and ``""`` are ignored)."""
+        if secret and secret not in self._secrets:
+            self._secrets.add(secret)
+            self._pattern = None
+
+    def _compiled(self) -> re.Pattern[str]:
+        if self._pattern is None:
+            forms = {
+                form
+                for secret in self._secrets
+                for form in (
+                    secret,
+                    quote(secret, safe=""),
+                    repr(secret)[1:-1],
+                    secret.replace("\r", " ").replace("\n", " "),
+                )
+                if form
+            }
+            ordered = sorted(forms, key=len, reverse=True)  # the longest form first
+            self._pattern = re.compile("|".join(_token(form) for form in ordered))
+        return self._pattern
+
+    def _quoted_prefix(self, match: re.Match[str]) -> str:
+        inner = match[1] if match[1] is not None else match[2]
+        if len(inner) >= _MIN_PREFIX and any(s.startswith(inner) for s in self._secrets):
+            return match[0].replace(inner, MASK)
+        return match[0]
+
+    def __call__(self, text: str) -> str:
+        """``text`` with every known secret and every URL password replaced by ``***``."""
+        if self._secrets:
+            text = self._compiled().sub(MASK, text)
+            text = _QUOTED.sub(self._quoted_prefix, text)
+        return _URL_USERINFO.sub(rf"\1{MASK}@", text)
+
+
+_FORMATTER: Final = logging.Formatter()
+
+
+class SecretFilter(logging.Filter):
+    """A ``logging.Filter`` that scrubs every record it sees: message, arguments, exception
+    and stack text (the exception is rendered to text, then scrubbed).
+
+    Attach it to the ``resultstore`` logger for as long as the secrets are in use; a logger's
+    filters see only records logged on that logger itself, not on its children.
+    """
+
+    def __init__(self, scrub: Callable[[str], str]) -> None:
+        super().__init__()
+        self._scrub = scrub
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Scrub ``record`` in place; always keep it."""
+        record.msg = self._scrub(record.getMessage())
+        record.args = ()
+        if record.exc_info:
+            record.exc_text = _FORMATTER.formatException(record.exc_info)
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = self._scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._scrub(record.stack_info)
+        return True
