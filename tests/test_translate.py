@@ -33,9 +33,8 @@ from resultstore import (
     StoreSettings,
 )
 from resultstore._connection import Connector
+from resultstore._secrets import Scrubber, SecretFilter
 from resultstore._translate import (
-    Scrubber,
-    SecretFilter,
     classify,
     is_config_error,
     map_exceptions,
@@ -337,8 +336,10 @@ async def test_records_of_a_running_store_never_show_its_password(
     caplog.set_level(logging.DEBUG, logger="resultstore")
     server = redis_launcher.start(extra_config=NO_AUTH)
     async with ResultStore.from_url(server.url_for(password=PASSWORD)) as store:
-        with pytest.raises(ResultStoreError):
+        with pytest.raises(StoreConnectionError) as info:
             await store.wait_for("t", timeout=5)
+        assert PASSWORD not in str(info.value)  # the waiter's error is scrubbed too
+        assert "check the credentials" in str(info.value)  # configuration: it failed at once
     warnings = [r for r in caplog.records if r.name == "resultstore"]
     assert warnings
     assert PASSWORD not in caplog.text

@@ -45,8 +45,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 
 from ._exceptions import ResultStoreError
+from ._secrets import Scrubber
 from ._settings import StoreSettings, TLSSettings
-from ._translate import Scrubber, explain, is_config_error, map_exceptions, translate
+from ._translate import explain, is_config_error, map_exceptions, translate
 
 # explain and is_config_error live in _translate; the multiplexer imports them from here.
 __all__ = ["Connector", "explain", "is_config_error"]

@@ -183,14 +183,14 @@ class Multiplexer:
                     reason = await self._serve(conn)
                 finally:
                     await self._lost(conn)
-                self._last_error = reason
+                self._last_error = reason = self._connector.scrub(reason)
                 logger.warning("resultstore Pub/Sub connection lost (%s); reconnecting", reason)
                 # A link that dies young keeps the backoff growing: no reconnect storms.
                 attempt = 0 if loop.time() - started >= _STABLE_AFTER else attempt + 1
                 await anyio.sleep(_backoff(attempt) if attempt else random.uniform(0, 0.05))
 
     def _connect_failed(self, exc: BaseException) -> None:
-        self._last_error = explain(exc)
+        self._last_error = self._connector.scrub(explain(exc))
         if is_config_error(exc):
             # Retrying cannot fix a wrong password or certificate: tell the waiters now.
             self._registry.fail_all(self._config_error)
@@ -295,7 +295,7 @@ class Multiplexer:
     def _refused(self, exc: ResponseError) -> None:
         """The server refused the head command: an ACL's NOPERM fails only its channels; any
         other refusal (BUSY, LOADING, an unknown command) rebuilds the link (LinkError)."""
-        reason = str(exc)
+        reason = self._connector.scrub(str(exc))
         failed = self._subs.on_refused(permission=isinstance(exc, NoPermissionError), reason=reason)
 
         def refused(task_id: str) -> ResultStoreError:
@@ -404,7 +404,7 @@ class Multiplexer:
             del self._barriers[token]
 
     def _fail_check(self, channel: bytes, exc: BaseException, generation: int) -> None:
-        message = f"reading the result failed: {exc}"
+        message = f"reading the result failed: {self._connector.scrub(str(exc))}"
 
         def make(task_id: str) -> ResultStoreError:
             return PermissionDeniedError(f"task {task_id}: {message}")

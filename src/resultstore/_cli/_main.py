@@ -11,9 +11,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, NoReturn
 
+from .._secrets import Scrubber
 from .._settings import StoreSettings
 from .._store import ResultStore
-from .._translate import Scrubber
 from ._commands import COMMANDS, Request
 from ._errors import CliError, ExitCode, classify, one_line, settings_secrets, url_secrets
 from ._parser import parse_args

@@ -21,8 +21,8 @@ from .._connection import Connector
 from .._exceptions import ResultStoreError, StoreClosedError, StoreConnectionError
 from .._multiplexer import Multiplexer
 from .._reader import KeyReader
+from .._secrets import SecretFilter
 from .._settings import StoreSettings
-from .._translate import SecretFilter
 from .._waiters import Registry
 from . import BackendStats
 
