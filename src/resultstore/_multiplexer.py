@@ -347,9 +347,9 @@ class Multiplexer:
                 await self._check_wake.wait()
             batch = list(self._to_check)
             self._to_check.clear()
-            await self._check(batch, self._subs.generation, self._registry.check_token())
+            await self._check(batch, self._subs.ticket(), self._registry.check_token())
 
-    async def _check(self, batch: list[bytes], generation: int, token: CheckToken) -> None:
+    async def _check(self, batch: list[bytes], ticket: int, token: CheckToken) -> None:
         attempt = 0
         registry = self._registry
         while batch:
@@ -358,10 +358,10 @@ class Multiplexer:
             except (OSError, RedisError, TimeoutError) as exc:
                 if isinstance(exc, NoPermissionError):  # an ACL's refusal: retrying cannot help
                     if len(batch) == 1:
-                        self._fail_check(batch[0], exc, generation)
+                        self._fail_check(batch[0], exc, ticket)
                         return
                     for channel in batch:  # one forbidden key refuses its whole MGET
-                        await self._check([channel], generation, token)
+                        await self._check([channel], ticket, token)
                     return
                 # A restarted server fails the first command on a stale connection, and a busy
                 # one answers BUSY for a while: retry while anybody still waits (the health
@@ -375,7 +375,7 @@ class Multiplexer:
                 registry.deliver_ready(channel, value)
                 if registry.watched(channel):
                     watched.append((channel, value))
-                self._subs.on_checked(channel, generation)
+                self._subs.on_checked(channel, ticket)
             # The GET may be newer than messages still on the link: watchers get the check only
             # once those are read (deliver_check then drops a check that is stale for them).
             if watched and await self._barrier():
@@ -403,14 +403,14 @@ class Multiplexer:
         finally:
             del self._barriers[token]
 
-    def _fail_check(self, channel: bytes, exc: BaseException, generation: int) -> None:
+    def _fail_check(self, channel: bytes, exc: BaseException, ticket: int) -> None:
         message = f"reading the result failed: {self._connector.scrub(str(exc))}"
 
         def make(task_id: str) -> ResultStoreError:
             return PermissionDeniedError(f"task {task_id}: {message}")
 
         self._registry.fail(channel, make)
-        self._subs.on_checked(channel, generation)
+        self._subs.on_checked(channel, ticket)
 
 
 def _backoff(attempt: int) -> float:

@@ -21,7 +21,7 @@ Transition table (``-`` = absent; *queued* = waiting in the outbox for the next 
     SUBSCRIBING    refused (NOPERM, batch)   - (queued)      each channel retried alone
     SUBSCRIBING    refused (NOPERM, alone)   - (refused)     fail the channel's waiters
     SUBSCRIBING    refused (other error)     raises LinkError: the owner rebuilds the link
-    CHECKING       checked                   SUBSCRIBED      none (settled)
+    CHECKING       checked (a later round)   SUBSCRIBED      none (settled)
     CHECKING       want                      CHECKING        check again (a newcomer needs a read)
     SUBSCRIBED     want                      CHECKING        check (a newcomer needs a read)
     CHECKING /
@@ -128,14 +128,15 @@ class Subscriptions:
         self._batch_channels = batch_channels
         self.connected = False
         self.generation = 0
-        """Counts links: a check answered for an earlier link is stale."""
+        """Counts links."""
+        self._serial = 0  # counts checks asked for, over every link
+        self._asked: dict[bytes, int] = {}  # CHECKING channel -> serial of its latest check
         self._state: dict[bytes, ChannelState] = {}
         self._wanted: set[bytes] = set()
         # Wanted and not SUBSCRIBED (refusals excepted) -> since when, oldest first.
         self._unsettled: dict[bytes, float] = {}
         self._outbox: dict[bytes, None] = {}  # channels whose wanted-ness differs from the server
         self._alone: set[bytes] = set()  # from a batch an ACL refused: subscribed one per command
-        self._refused: set[bytes] = set()  # refused alone: not retried on this link
         self._inflight: deque[Command] = deque()
         self._inflight_bytes = 0
 
@@ -165,8 +166,24 @@ class Subscriptions:
 
     @property
     def pending_output(self) -> bool:
-        """Whether ``commands()`` has something to send now."""
-        return bool(self._outbox) and self.connected and self._inflight_bytes < self._window_bytes
+        """Whether ``commands()`` may have something to send now (the next queued channel fits
+        in the window)."""
+        if not self._outbox or not self.connected:
+            return False
+        if not self._inflight:
+            return True
+        first = confirmation_size(next(iter(self._outbox)))
+        return self._inflight_bytes + first <= self._window_bytes
+
+    def ticket(self) -> int:
+        """Taken when a round of checks starts; handed back to ``on_checked``. A check settles a
+        channel only if it was asked after the channel's latest confirmation (or re-check)."""
+        return self._serial
+
+    def _ask_check(self, channel: bytes) -> None:
+        self._serial += 1
+        self._asked[channel] = self._serial
+        self._state[channel] = ChannelState.CHECKING
 
     @property
     def inflight(self) -> int:
@@ -183,11 +200,10 @@ class Subscriptions:
             link, so no confirmation will trigger the read the newcomer needs.
         """
         self._wanted.add(channel)
-        self._refused.discard(channel)
         state = self._state.get(channel)
         if state is ChannelState.CHECKING or state is ChannelState.SUBSCRIBED:
             self._outbox.pop(channel, None)  # an UNSUBSCRIBE not sent yet is no longer wanted
-            self._state[channel] = ChannelState.CHECKING
+            self._ask_check(channel)
             self._unsettled.setdefault(channel, now)
             return self.connected
         self._unsettled.setdefault(channel, now)
@@ -199,7 +215,6 @@ class Subscriptions:
         """The last interest in ``channel`` left."""
         self._wanted.discard(channel)
         self._unsettled.pop(channel, None)
-        self._refused.discard(channel)
         self._alone.discard(channel)
         state = self._state.get(channel)
         if state is None:
@@ -233,7 +248,7 @@ class Subscriptions:
         self._state.clear()
         self._inflight.clear()
         self._inflight_bytes = 0
-        self._refused.clear()
+        self._asked.clear()
         self._outbox = dict.fromkeys(self._wanted)
 
     def commands(self) -> list[Command]:
@@ -261,6 +276,7 @@ class Subscriptions:
             elif state is ChannelState.CHECKING or state is ChannelState.SUBSCRIBED:
                 unsubs.append(channel)
                 self._state[channel] = ChannelState.UNSUBSCRIBING
+                self._asked.pop(channel, None)
             else:
                 continue
             room -= size
@@ -321,7 +337,7 @@ class Subscriptions:
         self._answered(command, channel)
         self._alone.discard(channel)
         if channel in self._wanted:
-            self._state[channel] = ChannelState.CHECKING
+            self._ask_check(channel)
             return True
         self._state[channel] = ChannelState.SUBSCRIBED
         self._outbox[channel] = None
@@ -382,7 +398,6 @@ class Subscriptions:
             self._outbox.update(dict.fromkeys(wanted))
             return []
         self._alone.difference_update(wanted)
-        self._refused.update(wanted)
         for channel in wanted:
             self._unsettled.pop(channel, None)
         return wanted
@@ -394,9 +409,11 @@ class Subscriptions:
 
     # -- events from the owner's reads -------------------------------------------------------------
 
-    def on_checked(self, channel: bytes, generation: int) -> None:
-        """The read of ``channel``'s key, asked for on link ``generation``, was delivered."""
-        if generation != self.generation or self._state.get(channel) is not ChannelState.CHECKING:
-            return  # stale (an earlier link), or the channel moved on meanwhile
+    def on_checked(self, channel: bytes, ticket: int) -> None:
+        """The read of ``channel``'s key, in the round that took ``ticket``, was delivered."""
+        asked = self._asked.get(channel)
+        if asked is None or asked > ticket or self._state.get(channel) is not ChannelState.CHECKING:
+            return  # a round from before the latest confirmation, or the channel moved on
+        del self._asked[channel]
         self._state[channel] = ChannelState.SUBSCRIBED
         self._unsettled.pop(channel, None)
