@@ -488,14 +488,13 @@ def _shallow(region: str, allowance: int) -> bool:
     deeper, walk the value). Cheaper than a walk: C passes over the text, no object per node."""
     if region.count("[") + region.count("{") <= allowance:
         return True
-    if "\\" not in region:  # no escapes: strings are what lies between pairs of quotes
-        region = "".join(region.split('"')[::2])
-    else:  # brackets inside strings would fool the count
-        region = _STRING.sub("", region)
-    if region.isascii():
-        brackets = region.translate(_ASCII_NOT_BRACKETS)
+    # Brackets inside strings would fool the count; without escapes, strings are what lies
+    # between pairs of quotes.
+    outside = "".join(region.split('"')[::2]) if "\\" not in region else _STRING.sub("", region)
+    if outside.isascii():
+        brackets = outside.translate(_ASCII_NOT_BRACKETS)
     else:
-        brackets = _NOT_BRACKETS.sub("", region)
+        brackets = _NOT_BRACKETS.sub("", outside)
     # Each pass removes the innermost containers, lowering the depth by one or two levels.
     for _ in range(allowance // 2):
         if not brackets:
