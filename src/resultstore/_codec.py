@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from ._compression import COMPRESSED_PAYLOAD_MAGIC, decompress, is_compressed
 from ._envelopes import (
+    LARGE_TEXT,
     MAX_DEPTH,
     BadEnvelopeError,
     Path,
@@ -49,13 +50,13 @@ __all__ = [
     "needs_offload",
 ]
 
-OFFLOAD_THRESHOLD: Final = 1_000_000
-"""Payload bytes above which :func:`decode_result` may hold the event loop past 50 ms.
+OFFLOAD_THRESHOLD: Final = LARGE_TEXT
+"""Payload bytes (128 KiB) above which :func:`decode_result` may hold the GIL past ~50 ms.
 
-Measured on the 2-core development machine (``tests/test_hostile.py``,
-``test_offload_threshold_is_what_decodes_in_50_ms``): the slowest shape, a list of small
-objects with several fields each, decodes at about 42 MB/s, 2.1 MB per 50 ms; half of that
-leaves room for a slower machine.
+The slowest shape measured, lists of lists, decodes at about 3.5 MB/s with the garbage
+collector on (see :data:`._envelopes.LARGE_TEXT` for the figures); reproduce with
+``.venv/bin/pytest tests/test_hostile.py -k threshold -s``. A larger text is parsed in windows,
+so a worker thread decoding it gives the GIL back between them.
 """
 
 _EXTENDED_FIELDS = ("name", "args", "kwargs", "worker", "retries", "queue")
@@ -168,7 +169,7 @@ def _check_task_id(task_id: str) -> None:
 def _show(path: Path) -> str:
     """``result["a"][3]`` for the path ``("result", "a", 3)`` of a document."""
     parts = [str(path[0])]
-    parts += [f"[{json.dumps(k) if isinstance(k, str) else k!r}]" for k in path[1:]]
+    parts += [f"[{json.dumps(k) if isinstance(k, str) else repr(k)}]" for k in path[1:]]
     if len(parts) > 10:
         parts = [*parts[:6], "[...]", *parts[-3:]]
     return "".join(parts)

@@ -235,7 +235,7 @@ class ResultStore:
             ValueTooLargeError: the encoded value exceeds ``max_value_size``; nothing was written.
             TypeError: the value cannot be encoded as JSON; nothing was written.
             ValueError: nothing was written, because: the value holds NaN or an infinity, nests
-                deeper than 500 lists/dicts, or holds a dict shaped like a kombu envelope that
+                deeper than 200 lists/dicts, or holds a dict shaped like a kombu envelope that
                 cannot be read back (the message names the place, e.g. ``result["a"][3]``);
                 ``expires`` is negative, NaN or infinite; the task id is not valid Unicode.
             StoreConnectionError: Redis is unreachable.
