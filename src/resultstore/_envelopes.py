@@ -444,8 +444,11 @@ class _Windowed:
             pos = self.skip(pos)
             char = text[pos : pos + 1]
             if char == ("]" if isinstance(container, list) else "}"):
-                stack.pop()
                 value = container if isinstance(container, list) else envelope_hook(container)
+                # Checked on close, not on open: an envelope deeper down is no container.
+                if len(stack) > self.max_depth and isinstance(value, list | dict):
+                    raise NestingError(f"JSON nested deeper than {self.max_depth} levels")
+                stack.pop()
                 if not stack:
                     return pos + 1, self.finish(pos + 1, value)
                 _attach(stack[-1], value)
@@ -473,8 +476,6 @@ class _Windowed:
             char = text[pos : pos + 1]
             got = self.container(pos, len(stack)) if char in ("[", "{") else None
             if got is None and char in ("[", "{"):
-                if len(stack) >= self.max_depth:
-                    raise NestingError(f"JSON nested deeper than {self.max_depth} levels")
                 stack.append(([] if char == "[" else {}, []))
                 pos, root = self.advance(pos + 1, stack, True)
             else:
