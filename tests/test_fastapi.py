@@ -455,3 +455,57 @@ async def test_nan_timeout_is_a_client_error_not_a_hung_request(store: ResultSto
         response = await client.get("/results/t1", params={"timeout": "nan"})
     assert response.status_code == 422
     assert "timeout" in response.text
+
+
+def _raw_set(server: RedisServer, task_id: str, payload: bytes) -> None:
+    server.client().set(f"celery-task-meta-{task_id}", payload)
+
+
+async def test_nan_infinity_and_lone_surrogates_are_standard_json(
+    store: ResultStore, redis_server: RedisServer
+) -> None:
+    """A third-party result with NaN, Infinity and a lone surrogate answers 200 with standard
+    JSON (NaN/inf -> null, the surrogate -> U+FFFD) on every helper: wait, get and SSE."""
+    doc = (
+        b'{"status": "SUCCESS", "result": {"x": [NaN, Infinity, -Infinity, 1.5], "s": "a\\ud800b"}}'
+    )
+    _raw_set(redis_server, "nan", doc)
+    failure = b'{"exc_type": "ValueError", "exc_module": "builtins", "exc_message": [NaN]}'
+    _raw_set(redis_server, "badexc", b'{"status": "FAILURE", "result": ' + failure + b"}")
+    expected = {"x": [None, None, None, 1.5], "s": "a\ufffdb"}
+    async with served(build_app(store)) as (client, app):
+        for path in ("/results/nan", "/current/nan"):
+            response = await client.get(path)
+            assert response.status_code == 200, response.text
+            assert json.loads(response.content, parse_constant=pytest.fail)["result"] == expected
+        failed = await client.get("/results/badexc")
+        assert failed.status_code == 200
+        assert failed.json()["result"] == {"exc_type": "ValueError", "exc_message": [None]}
+        stream = Stream(app, "/events/nan", "2.3")
+        assert (await stream.start())[0] == 200
+        raw = await stream._sent.get()
+        assert b"NaN" not in raw["body"]
+        assert b"Infinity" not in raw["body"]
+
+
+async def test_deep_nesting_is_502_not_500(store: ResultStore, redis_server: RedisServer) -> None:
+    """A stored result nested too deeply is a bad gateway (502 JSON) on every helper; one at the
+    depth limit is served (200)."""
+    from resultstore._codec import MAX_DEPTH
+
+    _raw_set(
+        redis_server, "deep", b'{"status": "SUCCESS", "result": ' + b"[" * 990 + b"]" * 990 + b"}"
+    )
+    limit = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
+    _raw_set(redis_server, "limit", b'{"status": "SUCCESS", "result": ' + limit + b"}")
+    async with served(build_app(store)) as (client, _):
+        for path in ("/results/deep", "/current/deep", "/events/deep"):
+            response = await client.get(path)
+            assert response.status_code == 502, (path, response.text)
+            assert "nested" in response.json()["detail"]
+        served_limit = await client.get("/results/limit")
+    assert served_limit.status_code == 200
+    depth, value = 0, served_limit.json()["result"]
+    while value:
+        depth, value = depth + 1, value[0]
+    assert depth == MAX_DEPTH - 1  # the innermost list is empty

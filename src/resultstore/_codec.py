@@ -9,6 +9,11 @@ A stored value is the JSON object Celery's ``KeyValueStoreBackend._store_result`
 Values JSON cannot hold travel in kombu's envelopes (:mod:`._envelopes`), exceptions as
 Celery's wire dict (:mod:`._remote_errors`), and Celery 5.7 may compress the whole payload
 (:mod:`._compression`).
+
+Hostile input: :func:`encode_result` writes only what every reader can load back (standard JSON,
+nesting within ``MAX_DEPTH``, envelopes that decode); :func:`decode_result` raises nothing but
+``PayloadDecodeError``, inflates within ``max_size`` and is pure, so a reader may run it in a
+worker thread. :func:`needs_offload` says which payloads to send there.
 """
 
 from __future__ import annotations
@@ -16,16 +21,43 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
-from ._compression import COMPRESSED_PAYLOAD_MAGIC, decompress
-from ._envelopes import BadEnvelopeError, dumps, loads
+from ._compression import COMPRESSED_PAYLOAD_MAGIC, decompress, is_compressed
+from ._envelopes import (
+    LARGE_TEXT,
+    MAX_DEPTH,
+    BadEnvelopeError,
+    Path,
+    bad_envelope,
+    deeper_than,
+    dumps,
+    loads,
+    non_finite,
+)
 from ._exceptions import PayloadDecodeError, ValueTooLargeError
 from ._meta import ResultMeta, trusted_meta
 from ._remote_errors import exception_from_wire, exception_to_wire
 from ._states import EXCEPTION_STATES, READY_STATES
 
-__all__ = ["COMPRESSED_PAYLOAD_MAGIC", "check_size", "decode_result", "encode_result"]
+__all__ = [
+    "COMPRESSED_PAYLOAD_MAGIC",
+    "MAX_DEPTH",
+    "OFFLOAD_THRESHOLD",
+    "check_size",
+    "decode_result",
+    "encode_result",
+    "needs_offload",
+]
+
+OFFLOAD_THRESHOLD: Final = LARGE_TEXT
+"""Payload bytes (128 KiB) above which :func:`decode_result` may hold the GIL past ~50 ms.
+
+The slowest shape measured, lists of lists, decodes at about 3.5 MB/s with the garbage
+collector on (see :data:`._envelopes.LARGE_TEXT` for the figures); reproduce with
+``.venv/bin/pytest tests/test_hostile.py -k threshold -s``. A larger text is parsed in windows,
+so a worker thread decoding it gives the GIL back between them.
+"""
 
 _EXTENDED_FIELDS = ("name", "args", "kwargs", "worker", "retries", "queue")
 _OPTIONAL_FIELDS = ("group_id", "parent_id", *_EXTENDED_FIELDS)
@@ -81,8 +113,13 @@ def encode_result(
         TypeError: ``value`` (or something inside it) has no JSON form, or ``state`` is an
             exception state (``FAILURE``, ``RETRY``, ``REVOKED``) and ``value`` is neither an
             exception nor ``None`` (no Celery reader could load it back).
-        ValueError: ``state`` is empty, or an ``extended`` key collides with a core field.
+        ValueError: ``state`` is empty; an ``extended`` key collides with a core field;
+            ``task_id`` is not valid Unicode (a lone surrogate); a value holds NaN or an
+            infinity, nests deeper than ``MAX_DEPTH`` containers, or holds a dict shaped like
+            a kombu envelope (``{"__type__", "__value__"}``) that no reader could decode. The
+            message names the place, e.g. ``result["a"][3]``.
     """
+    _check_task_id(task_id)
     if not state:
         raise ValueError("state must be a non-empty string, e.g. 'SUCCESS'")
     if state in EXCEPTION_STATES and not (value is None or isinstance(value, BaseException)):
@@ -116,10 +153,65 @@ def encode_result(
             doc[key] = extended.get(key)
         doc.update(extended)
     doc["task_id"] = task_id
+    return _dumps_checked(doc, task_id).encode("ascii")
+
+
+def _check_task_id(task_id: str) -> None:
     try:
-        return dumps(doc).encode("ascii")
-    except ValueError as exc:  # json's "Circular reference detected"
-        raise TypeError(f"cannot encode the result of task {task_id}: {exc}") from exc
+        task_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"task id {task_id!r} cannot name a result: character {exc.start} is a lone "
+            "surrogate, which is not Unicode text and has no UTF-8 form"
+        ) from None
+
+
+def _show(path: Path) -> str:
+    """``result["a"][3]`` for the path ``("result", "a", 3)`` of a document."""
+    parts = [str(path[0])]
+    parts += [f"[{json.dumps(k) if isinstance(k, str) else repr(k)}]" for k in path[1:]]
+    if len(parts) > 10:
+        parts = [*parts[:6], "[...]", *parts[-3:]]
+    return "".join(parts)
+
+
+def _dumps_checked(doc: dict[str, Any], task_id: str) -> str:
+    """``dumps(doc)``, refusing what a reader could not load back, with the place named."""
+    text: str | None
+    try:
+        text = dumps(doc)
+    except ValueError as exc:  # NaN or infinity, or json's "Circular reference detected"
+        found = non_finite(doc)
+        if found is None:
+            raise TypeError(f"cannot encode the result of task {task_id}: {exc}") from exc
+        raise ValueError(
+            f"{_show(found[0])} is {found[1]!r}: results are standard JSON, which has no NaN or "
+            "Infinity (Celery's and browsers' parsers reject them); store None or a string"
+        ) from None
+    except RecursionError:
+        text = None
+    if text is None or text.count("[") + text.count("{") > MAX_DEPTH + 1:
+        path = deeper_than(doc, MAX_DEPTH + 1)  # the document is one level above its fields
+        if path is not None:
+            raise ValueError(
+                f"{path[0]} is too deeply nested: {_show(path)} is level {len(path)}, and "
+                f"values nest at most {MAX_DEPTH} lists or dicts deep"
+            )
+        if text is None:
+            raise ValueError(
+                f"cannot encode the result of task {task_id}: the call stack is too deep"
+            )
+    if '"__type__"' in text:  # only a value with envelopes (or look-alikes) pays for a parse
+        try:
+            loads(text, max_depth=MAX_DEPTH + 1)
+        except BadEnvelopeError as exc:
+            found_envelope = bad_envelope(doc)
+            where = _show(found_envelope[0]) if found_envelope is not None else "a value"
+            raise ValueError(
+                f"{where} is a dict with exactly the keys __type__ and __value__, which Celery "
+                f"reads as a kombu envelope, and it cannot be read back ({exc}); rename a key"
+            ) from None
+    return text
 
 
 def check_size(payload: bytes, limit: int) -> None:
@@ -138,15 +230,28 @@ def check_size(payload: bytes, limit: int) -> None:
 # --- decoding ----------------------------------------------------------------------------
 
 
-_loads_plain = json.JSONDecoder().decode
-
-
 def _utc(moment: datetime) -> datetime:
     if moment.tzinfo is UTC:  # what Celery writes with its default enable_utc
         return moment
     if moment.tzinfo is None:  # Celery < 5 stored naive UTC (utcnow().isoformat())
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)  # enable_utc=False writes the app's local offset
+
+
+def needs_offload(payload: bytes | bytearray | memoryview | str | None) -> bool:
+    """Whether decoding ``payload`` may hold the event loop for more than about 50 ms.
+
+    True for a compressed payload (it may inflate up to ``max_value_size``) and for one longer
+    than :data:`OFFLOAD_THRESHOLD` bytes. Run :func:`decode_result` for those in a worker
+    thread (``await asyncio.to_thread(decode_result, task_id, payload, max_size=...)``): it is
+    pure, it inflates with the GIL released, and it parses large JSON in windows, so the loop
+    gets the GIL back every few milliseconds. Costs a length check and a prefix comparison.
+    """
+    if not payload:
+        return False
+    if len(payload) > OFFLOAD_THRESHOLD:
+        return True
+    return not isinstance(payload, str) and is_compressed(payload)
 
 
 def _parse(
@@ -160,13 +265,9 @@ def _parse(
             )
         text = payload
     else:
-        data = bytes(payload)
-        if data.startswith(COMPRESSED_PAYLOAD_MAGIC):
-            data = decompress(data, task_id, max_size)
-        text = data.decode("utf-8")
-    if "__type__" in text:  # only payloads that may hold kombu envelopes pay for the hook
-        return loads(text)
-    return _loads_plain(text)
+        data = decompress(payload, task_id, max_size) if is_compressed(payload) else payload
+        text = str(data, "utf-8")  # any buffer, without a copy to bytes first
+    return loads(text, max_depth=MAX_DEPTH + 1)  # the document is one level above its fields
 
 
 def decode_result(
@@ -180,8 +281,13 @@ def decode_result(
     Args:
         task_id: the task the payload belongs to (the payload's own ``task_id`` is ignored).
         payload: the raw value; ``None`` or empty (a missing key) means ``PENDING``. Celery 5.7
-            compressed payloads (gzip/zlib, bzip2, lzma/xz; zstd on Python 3.14+) are accepted.
-        max_size: refuse a compressed payload that inflates above this many bytes.
+            compressed payloads (gzip/zlib, bzip2, lzma/xz; brotli and zstd when their
+            packages are installed, as for kombu) are accepted. ``NaN`` and ``Infinity``, which
+            Python writers produce, are read as floats.
+        max_size: refuse a compressed payload that inflates above this many bytes; at most
+            one byte more is ever inflated.
+
+    Pure and thread-safe: see :func:`needs_offload` for when to call it off the event loop.
 
     Returns:
         the result; for exception states ``result`` is a rebuilt exception: the builtin class
@@ -189,7 +295,9 @@ def decode_result(
         name and module. No module named by the payload is ever imported.
 
     Raises:
-        PayloadDecodeError: the payload is malformed (and only ever this exception).
+        PayloadDecodeError: the payload is malformed, nests deeper than ``MAX_DEPTH`` (or
+            than the stack allows), or inflates above ``max_size`` (and only ever this
+            exception).
     """
     if not payload:  # Celery's KeyValueStoreBackend: a falsy value is PENDING
         return ResultMeta(task_id=task_id)
@@ -199,7 +307,7 @@ def decode_result(
         raise
     except BadEnvelopeError as exc:
         raise PayloadDecodeError(f"bad kombu envelope: {exc}", task_id=task_id) from exc
-    except (ValueError, RecursionError, OverflowError) as exc:
+    except (ValueError, RecursionError, OverflowError, MemoryError) as exc:
         raise PayloadDecodeError(
             f"payload is not valid result JSON: {exc}", task_id=task_id
         ) from exc

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from ._envelopes import dumps
+from ._envelopes import MAX_DEPTH, deeper_than, dumps, loads
 from ._exceptions import PayloadDecodeError
 from ._meta import REMOTE_INFO_ATTR, RemoteExceptionInfo
 
@@ -32,16 +32,28 @@ _BUILTIN_EXCEPTIONS: Mapping[str, type[BaseException]] = {
 # --- exception -> wire -------------------------------------------------------------------
 
 
+_ARG_DEPTH = MAX_DEPTH - 2  # an arg sits in exc_message, in the result's dict
+
+
+def _encodes(arg: Any) -> bool:
+    """Whether ``arg`` is standard JSON within MAX_DEPTH that a reader loads back."""
+    try:
+        text = dumps(arg)
+        if '"__type__"' in text:
+            loads(text, max_depth=_ARG_DEPTH)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return deeper_than(arg, _ARG_DEPTH) is None
+
+
 def _json_safe(arg: Any) -> Any:
     # celery.utils.serialization.ensure_serializable: keep what encodes, else its repr.
+    if _encodes(arg):
+        return arg
     try:
-        dumps(arg)
-    except (TypeError, ValueError, RecursionError):
-        try:
-            return repr(arg)
-        except Exception:
-            return f"<unrepresentable {type(arg).__qualname__}>"
-    return arg
+        return repr(arg)
+    except Exception:
+        return f"<unrepresentable {type(arg).__qualname__}>"
 
 
 def exception_to_wire(exc: BaseException) -> dict[str, Any]:

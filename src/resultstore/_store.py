@@ -252,9 +252,14 @@ class ResultStore:
         Raises:
             ValueTooLargeError: the encoded value exceeds ``max_value_size``; nothing was written.
             TypeError: the value cannot be encoded as JSON; nothing was written.
+            ValueError: nothing was written, because: the value holds NaN or an infinity, nests
+                deeper than 200 lists/dicts, or holds a dict shaped like a kombu envelope that
+                cannot be read back (the message names the place, e.g. ``result["a"][3]``);
+                ``expires`` is negative, NaN or infinite; the task id is not valid Unicode.
             StoreConnectionError: Redis is unreachable.
         """
         self._check_usable()
+        ttl_ms = self._ttl_ms(state, expires)
         payload = encode_result(
             task_id,
             value,
@@ -266,9 +271,7 @@ class ResultStore:
             extended=extended,
         )
         check_size(payload, self._settings.max_value_size)
-        return await self._backend.write(
-            self._keys.key(task_id), payload, ttl_ms=self._ttl_ms(state, expires)
-        )
+        return await self._backend.write(self._keys.key(task_id), payload, ttl_ms=ttl_ms)
 
     def _ttl_ms(self, state: str, expires: float | timedelta | None) -> int | None:
         s = self._settings
@@ -277,8 +280,10 @@ class ResultStore:
         if expires is None:
             return None
         seconds = expires.total_seconds() if isinstance(expires, timedelta) else float(expires)
-        if seconds < 0:
-            raise ValueError(f"expires must be >= 0 seconds, got {seconds:g}")
+        if not 0 <= seconds <= 2**62 / 1000:  # NaN fails too; Redis takes PX below 2**63
+            raise ValueError(
+                f"expires must be a finite number of seconds >= 0 (or a timedelta), not {expires!r}"
+            )
         return max(1, round(seconds * 1000)) if seconds else None
 
     async def forget(self, task_id: str) -> None:

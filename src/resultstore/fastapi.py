@@ -27,9 +27,15 @@ lifespan state as ``request.state.result_store``); :func:`get_result_store` find
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import math
+import re
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from datetime import date, datetime, time
+from decimal import Decimal
 from typing import Annotated, Any, Final
 
 try:
@@ -48,6 +54,7 @@ except ModuleNotFoundError as exc:  # only a missing extra gets the hint
 
 import anyio
 
+from ._envelopes import MAX_DEPTH
 from ._exceptions import (
     PayloadDecodeError,
     ResultStoreError,
@@ -272,30 +279,128 @@ def _exception_json(meta: ResultMeta) -> dict[str, Any]:
     raise AssertionError("unwrap() of a FAILURE always raises")  # pragma: no cover
 
 
+_Slot = tuple[Any, list[Any] | dict[Any, Any], Any, int]  # value, where its form goes, depth
+_EXIT: Final = object()  # marks the end of a container's members on the conversion stack
+
+
 def _jsonable(value: Any) -> Any:
+    """A standard-JSON form of ``value``, built without recursion (any depth is safe).
+
+    NaN and infinities (floats or Decimals) become ``None``; datetimes, dates and times ISO-8601
+    text; UUIDs text; bytes UTF-8 text, or base64 text when they are not UTF-8; Decimals ``int``
+    or ``float`` (as ``jsonable_encoder``); tuples and sets lists. Other objects go through
+    FastAPI's ``jsonable_encoder``, or become their ``repr``. A container nested deeper than
+    ``MAX_DEPTH`` (only a ResultMeta built by hand can hold one) or reached again through a
+    cycle becomes ``None``.
+    """
+    root: list[Any] = [None]
+    stack: list[_Slot | tuple[object, int]] = [(value, root, 0, 0)]
+    active: set[int] = set()  # containers being converted: one met again is a cycle
+    while stack:
+        item = stack.pop()
+        if item[0] is _EXIT:
+            active.discard(item[1])
+            continue
+        obj, target, slot, depth = item  # type: ignore[misc]
+        target[slot] = _convert(obj, depth, stack, active)
+    return root[0]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text(text: str) -> str:
+    """``text`` with lone surrogates (which a JSON ``\\ud800`` escape can carry, and UTF-8
+    cannot) replaced by U+FFFD."""
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _convert(obj: Any, depth: int, stack: list[Any], active: set[int]) -> Any:
+    if isinstance(obj, str):
+        return _text(obj)
+    if obj is None or isinstance(obj, bool | int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict | list | tuple | set | frozenset):
+        if depth >= MAX_DEPTH or id(obj) in active:
+            return None
+        active.add(id(obj))
+        stack.append((_EXIT, id(obj)))
+        if isinstance(obj, dict):
+            out: Any = {_key(k): None for k in obj}
+            stack.extend((v, out, _key(k), depth + 1) for k, v in reversed(obj.items()))
+        else:
+            members = list(obj)
+            out = [None] * len(members)
+            stack.extend((v, out, i, depth + 1) for i, v in enumerate(members))
+        return out
+    if isinstance(obj, Decimal):
+        if not obj.is_finite():
+            return None
+        whole = obj.as_tuple().exponent >= 0 and obj.adjusted() < 4000  # type: ignore[operator]
+        number = int(obj) if whole else float(obj)  # ints past 4,300 digits do not print
+        return number if not isinstance(number, float) or math.isfinite(number) else None
+    if isinstance(obj, datetime | date | time):
+        return obj.isoformat()
+    if isinstance(obj, uuid.UUID):
+        return str(obj)
+    if isinstance(obj, bytes | bytearray):
+        try:
+            return obj.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(obj).decode("ascii")
     try:
-        return jsonable_encoder(value)
-    except (TypeError, ValueError):
-        return repr(value)
+        encoded = jsonable_encoder(obj)
+    except Exception:
+        return repr(obj)
+    if isinstance(encoded, dict | list):  # plain JSON now, but it may hold NaN
+        return _convert(encoded, depth, stack, active)
+    if isinstance(encoded, str):
+        return _text(encoded)
+    return encoded if encoded is None or isinstance(encoded, bool | int) else repr(obj)
+
+
+def _key(key: Any) -> Any:
+    if isinstance(key, str):
+        return _text(key)
+    if key is None or isinstance(key, bool | int):
+        return key
+    if isinstance(key, float):
+        return key if math.isfinite(key) else None
+    return str(key)
 
 
 def jsonable_meta(meta: ResultMeta) -> dict[str, Any]:
-    """A JSON-safe dict of a result: ``task_id``, ``status``, ``result``, ``date_done``.
+    """A standard-JSON dict of a result: ``task_id``, ``status``, ``result``, ``date_done``.
 
     Exceptions (FAILURE, REVOKED, RETRY) become ``{"exc_type", "exc_message"}``; the remote
     traceback is left out. ``date_done`` is ISO-8601 or ``None``. Return it from a handler.
+
+    Standard JSON has no NaN or Infinity: a NaN or an infinity in a result (which a Python
+    worker can store) is ``null``, as JavaScript's ``JSON.stringify`` and pydantic write them.
+    Datetimes are ISO-8601 text, UUIDs text, Decimals numbers, bytes UTF-8 (else base64) text;
+    a lone surrogate in a text (no UTF-8 form) is U+FFFD.
     """
     if meta.status in PROPAGATE_STATES or isinstance(meta.result, BaseException):
         result = _exception_json(meta)
     else:
         result = _jsonable(meta.result)
     done = meta.date_done.isoformat() if meta.date_done is not None else None
-    return {"task_id": meta.task_id, "status": meta.status, "result": result, "date_done": done}
+    return {
+        "task_id": _text(meta.task_id),
+        "status": _text(meta.status),
+        "result": result,
+        "date_done": done,
+    }
 
 
 def _sse(event: str, data: Mapping[str, Any]) -> bytes:
-    name = event.replace("\r", " ").replace("\n", " ")  # a stored status must not end the field
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    name = _text(event).replace("\r", " ").replace("\n", " ")  # a status must not end the field
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False)  # standard JSON only
+    return f"event: {name}\ndata: {text}\n\n".encode()
 
 
 async def _next(updates: AsyncIterator[ResultMeta]) -> ResultMeta:
