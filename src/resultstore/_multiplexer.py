@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -35,7 +36,7 @@ from ._exceptions import PermissionDeniedError, ResultStoreError, StoreConnectio
 from ._health import HealthClock, Liveness, budget
 from ._resp import pack, reply_reader
 from ._subscriptions import Command, LinkError, ProtocolViolation, Subscriptions
-from ._waiters import CheckToken, Registry
+from ._waiters import CheckToken, Decoded, Registry, needs_offload
 
 __all__ = ["Multiplexer"]
 
@@ -92,6 +93,9 @@ class Multiplexer:
         self._dead: BaseException | None = None
         self._to_check: dict[bytes, None] = {}
         self._pings: list[bytes] = []  # barrier tokens to send
+        # Messages (and the barriers behind them) waiting for an off-loop decode, in order.
+        self._slow: deque[tuple[bytes, bytes] | asyncio.Future[bool]] = deque()
+        self._slow_wake = asyncio.Event()
         self._barriers: dict[bytes, asyncio.Future[bool]] = {}
         self._barrier_count = 0
         self._wake = asyncio.Event()
@@ -164,6 +168,7 @@ class Multiplexer:
         self._down_since = loop.time()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._check_loop)
+            tg.start_soon(self._slow_loop)
             tg.start_soon(self._watch_clock)
             attempt = 0
             while True:
@@ -271,7 +276,11 @@ class Multiplexer:
                 if kind == b"message":
                     subs.on_message(reply[1])
                     self.messages += 1
-                    deliver(reply[1], reply[2])
+                    if self._slow or needs_offload(reply[2]):
+                        self._slow.append((reply[1], reply[2]))  # keeps the order of messages
+                        self._slow_wake.set()
+                    else:
+                        deliver(reply[1], reply[2])
                     continue
                 if kind == b"subscribe":
                     if subs.on_subscribed(reply[1]):
@@ -282,7 +291,9 @@ class Multiplexer:
                         self._registry.rewind_watchers(reply[1])
                 elif kind == b"pong":
                     barrier = self._barriers.get(subs.on_pong(reply[1]))
-                    if barrier is not None and not barrier.done():
+                    if barrier is not None and self._slow:
+                        self._slow.append(barrier)  # passed once the messages before it are
+                    elif barrier is not None and not barrier.done():
                         barrier.set_result(True)
                 else:
                     raise ProtocolViolation(f"unexpected reply {kind!r}")
@@ -338,6 +349,25 @@ class Multiplexer:
         except (OSError, RedisError, TimeoutError) as exc:
             self._dead = exc
 
+    async def _slow_loop(self) -> None:
+        """Deliver large or compressed messages decoded in a worker thread, in arrival order:
+        no single payload stalls the event loop (bombs and 50 MB results included)."""
+        registry = self._registry
+        while True:
+            while not self._slow:
+                self._slow_wake.clear()
+                await self._slow_wake.wait()
+            item = self._slow[0]
+            if isinstance(item, asyncio.Future):
+                if not item.done():
+                    item.set_result(True)
+            else:
+                channel, payload = item
+                decoded = await registry.decode_off_loop(channel, payload)
+                if decoded is not None:
+                    registry.deliver_message(channel, payload, decoded)
+            self._slow.popleft()
+
     # -- checks: read the keys of freshly confirmed channels ---------------------------------------
 
     async def _check_loop(self) -> None:
@@ -372,15 +402,20 @@ class Multiplexer:
                 continue
             watched = []
             for channel, value in zip(batch, values, strict=True):
-                registry.deliver_ready(channel, value)
+                decoded: Decoded | None = None
+                if needs_offload(value):
+                    decoded = await registry.decode_off_loop(channel, value)
+                    if decoded is None:
+                        continue  # nobody waits any more
+                registry.deliver_ready(channel, value, decoded)
                 if registry.watched(channel):
-                    watched.append((channel, value))
+                    watched.append((channel, value, decoded))
                 self._subs.on_checked(channel, ticket)
             # The GET may be newer than messages still on the link: watchers get the check only
             # once those are read (deliver_check then drops a check that is stale for them).
             if watched and await self._barrier():
-                for channel, value in watched:
-                    registry.deliver_check(channel, value, token)
+                for channel, value, decoded in watched:
+                    registry.deliver_check(channel, value, token, decoded)
             self._observe()
             return
 

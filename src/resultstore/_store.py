@@ -13,7 +13,7 @@ from typing import Any, Final, Literal, Self
 
 import anyio
 
-from ._codec import check_size, decode_result, encode_result
+from ._codec import check_size, decode_result, encode_result, needs_offload
 from ._exceptions import ResultStoreError, ResultTimeout, StoreClosedError, StoreConnectionError
 from ._keys import KeyScheme
 from ._meta import ResultMeta
@@ -206,7 +206,15 @@ class ResultStore:
         """
         self._check_usable()
         payload = await self._backend.get(self._keys.key(task_id))
-        return decode_result(task_id, payload, max_size=self._settings.max_value_size)
+        return await self._decode(task_id, payload)
+
+    async def _decode(self, task_id: str, payload: bytes | None) -> ResultMeta:
+        """Decode a stored payload; a large or compressed one in a worker thread, so the event
+        loop keeps running meanwhile."""
+        limit = self._settings.max_value_size
+        if needs_offload(payload):
+            return await asyncio.to_thread(decode_result, task_id, payload, max_size=limit)
+        return decode_result(task_id, payload, max_size=limit)
 
     async def get_many(self, task_ids: Iterable[str]) -> dict[str, ResultMeta]:
         """Current results of many tasks in one round trip (MGET), keyed by task id.
@@ -220,8 +228,7 @@ class ResultStore:
         if not ids:
             return {}
         values = await self._backend.mget([self._keys.key(t) for t in ids])
-        limit = self._settings.max_value_size
-        return {t: decode_result(t, v, max_size=limit) for t, v in zip(ids, values, strict=True)}
+        return {t: await self._decode(t, v) for t, v in zip(ids, values, strict=True)}
 
     async def set(
         self,

@@ -24,12 +24,15 @@ import asyncio
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
-from ._codec import decode_result
+from ._codec import decode_result, needs_offload
 from ._exceptions import PayloadDecodeError
 from ._meta import ResultMeta
 from ._states import READY_STATES
 
-__all__ = ["CheckToken", "Registry", "Watcher"]
+__all__ = ["CheckToken", "Decoded", "Registry", "Watcher", "needs_offload"]
+
+Decoded = ResultMeta | PayloadDecodeError
+"""A payload decoded ahead of delivery (off the event loop), or why it could not be."""
 
 
 class Watcher:
@@ -205,49 +208,85 @@ class Registry:
 
     # -- delivery ----------------------------------------------------------------------------------
 
-    def _decode(self, channel: bytes, payload: bytes | None) -> tuple[_Entry, ResultMeta] | None:
+    async def decode_off_loop(self, channel: bytes, payload: bytes | None) -> Decoded | None:
+        """Decode a payload that :func:`needs_offload` flags in a worker thread, so the event
+        loop keeps running meanwhile; ``None`` when nobody waits on ``channel``. Hand the result
+        to a ``deliver_*`` method as ``decoded``."""
         entry = self._entries.get(channel)
         if entry is None:
             return None
         try:
-            return entry, decode_result(entry.task_id, payload, max_size=self._max_size)
-        except Exception as exc:  # nothing a publisher sends may stop the reader
-            message = str(exc) if isinstance(exc, PayloadDecodeError) else f"undecodable: {exc!r}"
+            return await asyncio.to_thread(
+                decode_result, entry.task_id, payload, max_size=self._max_size
+            )
+        except PayloadDecodeError as exc:
+            return exc
+
+    def _decode(
+        self, channel: bytes, payload: bytes | None, decoded: Decoded | None
+    ) -> tuple[_Entry, ResultMeta] | None:
+        entry = self._entries.get(channel)
+        if entry is None:
+            return None
+        if decoded is None:
+            try:
+                decoded = decode_result(entry.task_id, payload, max_size=self._max_size)
+            except Exception as exc:  # nothing a publisher sends may stop the reader
+                decoded = exc if isinstance(exc, PayloadDecodeError) else None
+                if decoded is None:
+                    decoded = PayloadDecodeError(f"undecodable: {exc!r}", task_id=entry.task_id)
+        if isinstance(decoded, PayloadDecodeError):
+            message = str(decoded)
             self._fail_entry(entry, lambda task_id: PayloadDecodeError(message, task_id=task_id))
             return None
+        return entry, decoded
 
-    def deliver_message(self, channel: bytes, payload: bytes) -> None:
-        """A Pub/Sub message: to the waiters if ready, and to every watcher."""
-        decoded = self._decode(channel, payload)
-        if decoded is not None:
-            entry, meta = decoded
+    def deliver_message(
+        self, channel: bytes, payload: bytes, decoded: Decoded | None = None
+    ) -> None:
+        """A Pub/Sub message: to the waiters if ready, and to every watcher.
+
+        ``decoded``: the payload decoded ahead (``decode_off_loop``); by default it is decoded
+        here (the same for the other ``deliver_*`` methods).
+        """
+        decoded_entry = self._decode(channel, payload, decoded)
+        if decoded_entry is not None:
+            entry, meta = decoded_entry
             _resolve(entry, meta)
             epoch = self._epoch
             for watcher in entry.watchers:
                 watcher.epoch = epoch
                 _show(watcher, payload, meta)
 
-    def deliver_ready(self, channel: bytes, payload: bytes | None) -> None:
+    def deliver_ready(
+        self, channel: bytes, payload: bytes | None, decoded: Decoded | None = None
+    ) -> None:
         """A check result, to the waiters only (watchers get it later, see ``deliver_check``)."""
         entry = self._entries.get(channel)
         if entry is None or payload is None or not entry.waiters:
             return  # nobody waits, or PENDING, which waiters ignore
-        decoded = self._decode(channel, payload)
-        if decoded is not None:
-            _resolve(*decoded)
+        decoded_entry = self._decode(channel, payload, decoded)
+        if decoded_entry is not None:
+            _resolve(*decoded_entry)
 
-    def deliver_check(self, channel: bytes, payload: bytes | None, token: CheckToken) -> None:
+    def deliver_check(
+        self,
+        channel: bytes,
+        payload: bytes | None,
+        token: CheckToken,
+        decoded: Decoded | None = None,
+    ) -> None:
         """A check result, to the waiters and to the watchers it may reach (module docstring)."""
         entry = self._entries.get(channel)
         if entry is None:
             return
         if not entry.watchers or token.epoch != self._epoch:
-            self.deliver_ready(channel, payload)
+            self.deliver_ready(channel, payload, decoded)
             return
-        decoded = self._decode(channel, payload)
-        if decoded is None:
+        decoded_entry = self._decode(channel, payload, decoded)
+        if decoded_entry is None:
             return
-        entry, meta = decoded
+        entry, meta = decoded_entry
         _resolve(entry, meta)
         raw = _PENDING_PAYLOAD if payload is None else payload
         epoch = self._epoch
