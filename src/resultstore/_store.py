@@ -369,7 +369,9 @@ class ResultStore:
         """Yield the task's current state, then every stored update; end after a ready one.
 
         Unready and custom states (``STARTED``, ``PROGRESS``) are yielded as they are stored.
-        Updates written faster than the consumer reads are queued, not dropped.
+        A consumer slower than the producer holds O(1) memory: unread non-ready updates
+        coalesce into the latest one (it sees the newest state, never an older one after a
+        newer); the ready state is never dropped and always comes last.
 
         Raises:
             StoreConnectionError: Redis stayed unreachable past ``reconnect_timeout``.

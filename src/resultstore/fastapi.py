@@ -465,6 +465,9 @@ async def progress_stream(
     Each event is ``event: <STATUS>`` with ``data:`` :func:`jsonable_meta` of the state: the
     current state first, then every update (``PROGRESS``...); the stream ends after the ready
     one (close your ``EventSource`` then, or it reconnects and gets the final event again).
+    A client that reads slower than updates come holds O(1) memory on the server: unread
+    non-ready updates coalesce into the latest (see ``ResultStore.watch``); the ready state
+    is always sent. Every ``data:`` line is standard JSON (NaN and infinities become null).
     If Redis is lost mid-stream, a last ``event: error`` carries ``{"task_id", "detail"}``.
     A comment line every ``ping_interval`` seconds keeps proxies from timing out. Headers
     disable caching and proxy buffering; a client disconnect closes the watch at once.
