@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 LINT_DIRS := $(wildcard src tests examples benchmarks)
 
-.PHONY: install lint format test redis-server demo bench bench-quick clean
+.PHONY: install lint format test soak redis-server demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ format: $(STAMP)
 
 test: $(STAMP) redis-server lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The seeded chaos test alone, for longer: `make soak`, `make soak SEED=1234 CHAOS_SECONDS=600`.
+# The seed is printed at the start and in a failure; the same seed replays the same faults.
+CHAOS_SECONDS ?= 300
+soak: $(STAMP) redis-server
+	RESULTSTORE_CHAOS_SECONDS=$(CHAOS_SECONDS) $(if $(SEED),RESULTSTORE_CHAOS_SEED=$(SEED)) \
+	  $(BIN)/pytest tests/test_chaos.py::test_chaos -s -v -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
