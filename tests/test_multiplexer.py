@@ -601,3 +601,28 @@ async def test_reader_falls_back_to_the_public_read_without_a_parser() -> None:
 
     read = _reply_reader(PublicOnly())  # type: ignore[arg-type]
     assert await read() == [b"pong", b""]
+
+
+async def test_liveness_ping_on_a_link_without_subscriptions_is_understood(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    """Once every waiter is gone the link holds no subscription and leaves Pub/Sub mode, where
+    the server answers PING with a plain +PONG (and a barrier's token as a bulk string): the
+    link reads them as PONGs and stays up."""
+    async with ResultStore.from_url(redis_server.url, ping_interval=0.05) as store:
+        waiter = asyncio.create_task(store.wait_for("idle", timeout=10))
+        await armed(store, 1)
+        await celery_write(raw, "idle")
+        await waiter
+        await until(lambda: store.statistics().subscribed == 0)
+        before = store.statistics().messages
+        for _ in range(10):  # several liveness PINGs on the idle link
+            await asyncio.sleep(0.05)
+        assert store.statistics().reconnects == 0
+        assert store.statistics().connected
+        watcher = store.watch("again")
+        assert (await anext(watcher)).status == states.PENDING
+        await celery_write(raw, "again")
+        assert (await anext(watcher)).result == "again"
+        assert store.statistics().messages == before + 1
+        assert store.statistics().reconnects == 0

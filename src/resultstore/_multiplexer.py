@@ -272,6 +272,10 @@ class Multiplexer:
                 if isinstance(reply, ResponseError):  # the parser returns them
                     self._refused(reply)
                     continue
+                if isinstance(reply, bytes):
+                    # A PING while the link holds no subscription is answered outside Pub/Sub
+                    # mode: +PONG, or the token as a plain bulk string.
+                    reply = [b"pong", b"" if reply == b"PONG" else reply]
                 kind = reply[0]
                 if kind == b"message":
                     subs.on_message(reply[1])
