@@ -31,6 +31,7 @@ import anyio
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
+from ._codec import OFFLOAD_THRESHOLD
 from ._connection import Connector, explain, is_config_error
 from ._exceptions import PermissionDeniedError, ResultStoreError, StoreConnectionError
 from ._health import HealthClock, Liveness, budget
@@ -50,6 +51,7 @@ _BACKOFF_CAP: Final = 1.0
 _CLOSE_TIMEOUT: Final = 2.0
 _STABLE_AFTER: Final = 1.0  # a link that lived this long resets the reconnect backoff
 _CLOCK_TICK: Final = 0.1  # how often the watch task looks at the clock
+_OFFLOAD: Final = OFFLOAD_THRESHOLD
 _LINK_ERRORS: Final = (OSError, RedisError, IndexError, TypeError, ProtocolViolation, LinkError)
 
 
@@ -278,13 +280,15 @@ class Multiplexer:
                     reply = [b"pong", b"" if reply == b"PONG" else reply]
                 kind = reply[0]
                 if kind == b"message":
-                    subs.on_message(reply[1])
+                    channel, payload = reply[1], reply[2]
+                    subs.on_message(channel)
                     self.messages += 1
-                    if self._slow or needs_offload(reply[2]):
-                        self._slow.append((reply[1], reply[2]))  # keeps the order of messages
+                    # needs_offload, inlined: large, or Celery's compressed-payload magic.
+                    if self._slow or len(payload) > _OFFLOAD or payload.startswith(b"\x00"):
+                        self._slow.append((channel, payload))  # keeps the order of messages
                         self._slow_wake.set()
                     else:
-                        deliver(reply[1], reply[2])
+                        deliver(channel, payload)
                     continue
                 if kind == b"subscribe":
                     if subs.on_subscribed(reply[1]):

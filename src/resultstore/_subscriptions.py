@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -95,9 +96,12 @@ class Command:
     """Replies read so far."""
 
 
+_CONFIRMATION_OVERHEAD: Final = 48
+
+
 def confirmation_size(channel: bytes) -> int:
     """Bytes of one ``subscribe``/``unsubscribe`` confirmation for ``channel`` (an upper bound)."""
-    return len(channel) + 48
+    return len(channel) + _CONFIRMATION_OVERHEAD
 
 
 _SUBSCRIBE: Final = b"SUBSCRIBE"
@@ -105,6 +109,52 @@ _UNSUBSCRIBE: Final = b"UNSUBSCRIBE"
 _PING: Final = b"PING"
 _CONFIRMED: Final = frozenset({ChannelState.CHECKING, ChannelState.SUBSCRIBED})
 _MESSAGES_ALLOWED: Final = _CONFIRMED | {ChannelState.UNSUBSCRIBING}
+
+
+class _Outbox:
+    """Channels queued for the next ``commands()``: first in, first out, each once, with O(1)
+    add, discard, peek and pop (a dict would make peeking after many pops O(n))."""
+
+    __slots__ = ("_members", "_order")
+
+    def __init__(self, channels: Iterable[bytes] = ()) -> None:
+        self._members: set[bytes] = set()
+        self._order: deque[bytes] = deque()
+        for channel in channels:
+            self.add(channel)
+
+    def __bool__(self) -> bool:
+        return bool(self._members)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, channel: object) -> bool:
+        return channel in self._members
+
+    def add(self, channel: bytes) -> None:
+        if channel not in self._members:
+            self._members.add(channel)
+            self._order.append(channel)
+            if len(self._order) > 2 * len(self._members) + 64:  # many discards: compact
+                self._order = deque(c for c in dict.fromkeys(self._order) if c in self._members)
+
+    def discard(self, channel: bytes) -> None:
+        self._members.discard(channel)  # left in the order; skipped when it comes up
+        if not self._members:
+            self._members = set()  # give a large table back
+            self._order.clear()
+
+    def peek(self) -> bytes:
+        while self._order[0] not in self._members:
+            self._order.popleft()
+        return self._order[0]
+
+    def pop(self) -> bytes:
+        channel = self.peek()
+        self._order.popleft()
+        self.discard(channel)
+        return channel
 
 
 class Subscriptions:
@@ -135,7 +185,7 @@ class Subscriptions:
         self._wanted: set[bytes] = set()
         # Wanted and not SUBSCRIBED (refusals excepted) -> since when, oldest first.
         self._unsettled: dict[bytes, float] = {}
-        self._outbox: dict[bytes, None] = {}  # channels whose wanted-ness differs from the server
+        self._outbox = _Outbox()  # channels whose wanted-ness differs from the server
         self._alone: set[bytes] = set()  # from a batch an ACL refused: subscribed one per command
         self._inflight: deque[Command] = deque()
         self._inflight_bytes = 0
@@ -172,7 +222,7 @@ class Subscriptions:
             return False
         if not self._inflight:
             return True
-        first = confirmation_size(next(iter(self._outbox)))
+        first = confirmation_size(self._outbox.peek())
         return self._inflight_bytes + first <= self._window_bytes
 
     def ticket(self) -> int:
@@ -202,13 +252,13 @@ class Subscriptions:
         self._wanted.add(channel)
         state = self._state.get(channel)
         if state is ChannelState.CHECKING or state is ChannelState.SUBSCRIBED:
-            self._outbox.pop(channel, None)  # an UNSUBSCRIBE not sent yet is no longer wanted
+            self._outbox.discard(channel)  # an UNSUBSCRIBE not sent yet is no longer wanted
             self._ask_check(channel)
             self._unsettled.setdefault(channel, now)
             return self.connected
         self._unsettled.setdefault(channel, now)
         if state is None:
-            self._outbox[channel] = None
+            self._outbox.add(channel)
         return False
 
     def unwant(self, channel: bytes) -> None:
@@ -218,9 +268,9 @@ class Subscriptions:
         self._alone.discard(channel)
         state = self._state.get(channel)
         if state is None:
-            self._outbox.pop(channel, None)
+            self._outbox.discard(channel)
         elif state is ChannelState.CHECKING or state is ChannelState.SUBSCRIBED:
-            self._outbox[channel] = None
+            self._outbox.add(channel)
 
     # -- events from the link ----------------------------------------------------------------------
 
@@ -249,7 +299,7 @@ class Subscriptions:
         self._inflight.clear()
         self._inflight_bytes = 0
         self._asked.clear()
-        self._outbox = dict.fromkeys(self._wanted)
+        self._outbox = _Outbox(self._wanted)
 
     def commands(self) -> list[Command]:
         """The commands to write now (and record as in flight), within the byte window."""
@@ -259,11 +309,13 @@ class Subscriptions:
         subs: list[bytes] = []
         unsubs: list[bytes] = []
         room = self._window_bytes - self._inflight_bytes
-        for channel in list(self._outbox):
+        outbox = self._outbox
+        while outbox:
+            channel = outbox.peek()
             size = confirmation_size(channel)
             if room < size and (out or subs or unsubs or self._inflight):
                 break
-            del self._outbox[channel]
+            outbox.pop()
             state = self._state.get(channel)
             if channel in self._wanted:
                 if state is not None:
@@ -318,12 +370,22 @@ class Subscriptions:
             raise ProtocolViolation(f"{what} while {expected} was due")
         return self._inflight[0]
 
-    def _answered(self, command: Command, channel: bytes | None) -> None:
+    def _confirm(self, name: bytes, channel: bytes) -> None:
+        """Match a confirmation to the head command (the hot path: one per message's
+        subscription and one per unsubscription)."""
+        inflight = self._inflight
+        if not inflight or inflight[0].name != name:
+            what = "an unsubscribe" if name == _UNSUBSCRIBE else "a subscribe"
+            self._head(name, f"{what} confirmation of {channel!r}")  # raises
+        command = inflight[0]
+        if command.args[command.answered] != channel:
+            raise ProtocolViolation(
+                f"{name.decode().lower()} confirmation of {channel!r} out of order"
+            )
         command.answered += 1
-        if channel is not None:
-            self._inflight_bytes -= confirmation_size(channel)
-        if command.answered >= max(1, len(command.args)) or command.name == _PING:
-            self._inflight.popleft()
+        self._inflight_bytes -= len(channel) + _CONFIRMATION_OVERHEAD
+        if command.answered == len(command.args):
+            inflight.popleft()
 
     def on_subscribed(self, channel: bytes) -> bool:
         """The server confirmed a SUBSCRIBE of ``channel``.
@@ -331,16 +393,13 @@ class Subscriptions:
         Returns:
             True when the owner must read the key now (somebody still wants the channel).
         """
-        command = self._head(_SUBSCRIBE, f"a subscribe confirmation of {channel!r}")
-        if command.args[command.answered] != channel:
-            raise ProtocolViolation(f"subscribe confirmation of {channel!r} out of order")
-        self._answered(command, channel)
+        self._confirm(_SUBSCRIBE, channel)
         self._alone.discard(channel)
         if channel in self._wanted:
             self._ask_check(channel)
             return True
         self._state[channel] = ChannelState.SUBSCRIBED
-        self._outbox[channel] = None
+        self._outbox.add(channel)
         return False
 
     def on_unsubscribed(self, channel: bytes) -> bool:
@@ -351,13 +410,13 @@ class Subscriptions:
             and whatever was written in the gap reached nobody (watchers must take the next read
             as news).
         """
-        command = self._head(_UNSUBSCRIBE, f"an unsubscribe confirmation of {channel!r}")
-        if command.args[command.answered] != channel:
-            raise ProtocolViolation(f"unsubscribe confirmation of {channel!r} out of order")
-        self._answered(command, channel)
-        del self._state[channel]
+        self._confirm(_UNSUBSCRIBE, channel)
+        state = self._state
+        del state[channel]
+        if not state:
+            state.clear()  # give a large table back
         if channel in self._wanted:
-            self._outbox[channel] = None
+            self._outbox.add(channel)
             return True
         return False
 
@@ -367,7 +426,7 @@ class Subscriptions:
         expected = command.args[0] if command.args else b""
         if token != expected:
             raise ProtocolViolation(f"PONG {token!r} while PONG {expected!r} was due")
-        self._answered(command, None)
+        self._inflight.popleft()
         return token
 
     def on_refused(self, *, permission: bool, reason: str) -> list[bytes]:
@@ -395,7 +454,8 @@ class Subscriptions:
         wanted = [channel for channel in command.args if channel in self._wanted]
         if len(command.args) > 1:  # one forbidden channel refuses its batch: try each alone
             self._alone.update(wanted)
-            self._outbox.update(dict.fromkeys(wanted))
+            for channel in wanted:
+                self._outbox.add(channel)
             return []
         self._alone.difference_update(wanted)
         for channel in wanted:
@@ -417,3 +477,7 @@ class Subscriptions:
         del self._asked[channel]
         self._state[channel] = ChannelState.SUBSCRIBED
         self._unsettled.pop(channel, None)
+        if not self._unsettled:
+            self._unsettled.clear()  # give a large table back (and keep peeking at it O(1))
+        if not self._asked:
+            self._asked.clear()
