@@ -289,15 +289,29 @@ def test_want_of_a_checking_channel_asks_for_another_check() -> None:
     assert subs.commands() == []
 
 
-def test_want_of_a_subscribed_channel_asks_for_a_check_and_unsettles_it() -> None:
+def test_want_of_a_subscribed_channel_asks_for_a_check_and_stays_settled() -> None:
+    """A newcomer on a settled channel gets a read of its own, but the channel stays settled:
+    its health is its confirmation's read (a hot id joined again and again would otherwise never
+    settle, and the health clock would declare a false outage)."""
     subs = link()
     settle(subs, A)
     assert subs.want(A, 5.0) is True
-    assert subs.state(A) is ChannelState.CHECKING
-    assert subs.healthy is False
-    assert subs.unsettled_since() == 5.0
+    assert subs.state(A) is ChannelState.SUBSCRIBED
+    assert subs.healthy is True
+    assert subs.unsettled_since() is None
     assert subs.commands() == []
-    subs.on_checked(A, subs.ticket())
+
+
+def test_a_hot_channel_settles_with_the_round_after_its_confirmation() -> None:
+    """Joins while the confirmation's read is under way ask for more reads, but the first read
+    that started after the confirmation settles the channel."""
+    subs = link()
+    confirm(subs, A, now=1.0)
+    first_round = subs.ticket()
+    for now in (2.0, 3.0, 4.0):
+        assert subs.want(A, now) is True
+    subs.on_checked(A, first_round)
+    assert subs.state(A) is ChannelState.SUBSCRIBED
     assert subs.healthy is True
 
 
@@ -324,7 +338,7 @@ def test_unwant_then_want_before_the_unsubscribe_is_written_keeps_the_subscripti
     subs.unwant(A)
     assert subs.want(A, 2.0) is True  # the newcomer still needs a read
     assert subs.commands() == []
-    assert subs.state(A) is ChannelState.CHECKING
+    assert subs.state(A) is ChannelState.SUBSCRIBED  # still settled
 
 
 def test_unsubscribe_confirmation_of_an_unwanted_channel_forgets_it() -> None:
@@ -773,11 +787,11 @@ class SubscriptionsMachine(RuleBasedStateMachine):
         assert check is (confirmed and self.connected)
         if check:
             assert channel in self.confirmed_on_link  # never a check before the confirmation
-            self.status[channel] = ChannelState.CHECKING
-            self._ask(channel)
+            self.checks.append((channel, self.subs.ticket()))  # a read for the newcomer
         self.wanted.add(channel)
         self.refused.discard(channel)
-        self.unsettled.setdefault(channel, self.now)
+        if self.status.get(channel) is not ChannelState.SUBSCRIBED:  # settled stays settled
+            self.unsettled.setdefault(channel, self.now)
 
     def unwant(self, channel: bytes) -> None:
         self.subs.unwant(channel)

@@ -33,7 +33,12 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from ._codec import OFFLOAD_THRESHOLD
 from ._connection import Connector, explain, is_config_error
-from ._exceptions import PermissionDeniedError, ResultStoreError, StoreConnectionError
+from ._exceptions import (
+    PayloadDecodeError,
+    PermissionDeniedError,
+    ResultStoreError,
+    StoreConnectionError,
+)
 from ._health import HealthClock, Liveness, budget
 from ._resp import pack, reply_reader
 from ._subscriptions import Command, LinkError, ProtocolViolation, Subscriptions
@@ -96,7 +101,7 @@ class Multiplexer:
         self._to_check: dict[bytes, None] = {}
         self._pings: list[bytes] = []  # barrier tokens to send
         # Messages (and the barriers behind them) waiting for an off-loop decode, in order.
-        self._slow: deque[tuple[bytes, bytes] | asyncio.Future[bool]] = deque()
+        self._slow: deque[tuple[bytes, bytes, int] | asyncio.Future[bool]] = deque()
         self._slow_wake = asyncio.Event()
         self._barriers: dict[bytes, asyncio.Future[bool]] = {}
         self._barrier_count = 0
@@ -285,7 +290,8 @@ class Multiplexer:
                     self.messages += 1
                     # needs_offload, inlined: large, or Celery's compressed-payload magic.
                     if self._slow or len(payload) > _OFFLOAD or payload.startswith(b"\x00"):
-                        self._slow.append((channel, payload))  # keeps the order of messages
+                        # In order, with the connection it came on (it may be delivered later).
+                        self._slow.append((channel, payload, self._registry.epoch))
                         self._slow_wake.set()
                     else:
                         deliver(channel, payload)
@@ -370,37 +376,54 @@ class Multiplexer:
                 if not item.done():
                     item.set_result(True)
             else:
-                channel, payload = item
-                decoded = await registry.decode_off_loop(channel, payload)
+                channel, payload, epoch = item
+                try:
+                    decoded = await registry.decode_off_loop(channel, payload)
+                except Exception as exc:  # nothing a publisher sends may stop the reader
+                    decoded = PayloadDecodeError(f"undecodable: {exc!r}", task_id="?")
+                    logger.warning("resultstore could not decode a message: %r", exc)
                 if decoded is not None:
-                    registry.deliver_message(channel, payload, decoded)
+                    registry.deliver_message(channel, payload, decoded, epoch)
             self._slow.popleft()
 
     # -- checks: read the keys of freshly confirmed channels ---------------------------------------
 
     async def _check_loop(self) -> None:
-        while True:
-            while not self._to_check:
-                self._check_wake.clear()
-                await self._check_wake.wait()
-            batch = list(self._to_check)
-            self._to_check.clear()
-            await self._check(batch, self._subs.ticket(), self._registry.check_token())
+        async with anyio.create_task_group() as tg:
+            while True:
+                while not self._to_check:
+                    self._check_wake.clear()
+                    await self._check_wake.wait()
+                batch = list(self._to_check)
+                self._to_check.clear()
+                token = self._registry.check_token()  # when the round starts: see deliver_check
+                watched = await self._check(batch, self._subs.ticket())
+                if watched:  # their barrier may wait behind slow messages: not in this loop
+                    tg.start_soon(self._deliver_to_watchers, watched, token)
 
-    async def _check(self, batch: list[bytes], ticket: int, token: CheckToken) -> None:
+    async def _check(
+        self, batch: list[bytes], ticket: int
+    ) -> list[tuple[bytes, bytes | None, Decoded | None]]:
+        """Read the batch's keys (retrying while anybody waits) and deliver them to the
+        waiters; returns what watchers must get once the barrier has passed."""
         attempt = 0
         registry = self._registry
         while batch:
             try:
                 values = await self._fetch(batch)
-            except (OSError, RedisError, TimeoutError) as exc:
+            except Exception as exc:  # the check loop must outlive anything a fetch raises
                 if isinstance(exc, NoPermissionError):  # an ACL's refusal: retrying cannot help
                     if len(batch) == 1:
                         self._fail_check(batch[0], exc, ticket)
-                        return
+                        return []
+                    watched = []
                     for channel in batch:  # one forbidden key refuses its whole MGET
-                        await self._check([channel], ticket, token)
-                    return
+                        watched += await self._check([channel], ticket)
+                    return watched
+                if not isinstance(exc, OSError | RedisError | TimeoutError):
+                    # e.g. redis-py's AttributeError when the link's loss closed the reader's
+                    # connection under a read: a connection problem all the same.
+                    logger.debug("resultstore check failed: %r", exc)
                 # A restarted server fails the first command on a stale connection, and a busy
                 # one answers BUSY for a while: retry while anybody still waits (the health
                 # clock fails the waiters if this takes too long).
@@ -412,20 +435,28 @@ class Multiplexer:
             for channel, value in zip(batch, values, strict=True):
                 decoded: Decoded | None = None
                 if needs_offload(value):
-                    decoded = await registry.decode_off_loop(channel, value)
+                    try:
+                        decoded = await registry.decode_off_loop(channel, value)
+                    except Exception as exc:  # e.g. the decode executor shut down
+                        decoded = PayloadDecodeError(f"undecodable: {exc!r}", task_id="?")
                     if decoded is None:
                         continue  # nobody waits any more
                 registry.deliver_ready(channel, value, decoded)
                 if registry.watched(channel):
                     watched.append((channel, value, decoded))
                 self._subs.on_checked(channel, ticket)
-            # The GET may be newer than messages still on the link: watchers get the check only
-            # once those are read (deliver_check then drops a check that is stale for them).
-            if watched and await self._barrier():
-                for channel, value, decoded in watched:
-                    registry.deliver_check(channel, value, token, decoded)
             self._observe()
-            return
+            return watched
+        return []
+
+    async def _deliver_to_watchers(
+        self, watched: list[tuple[bytes, bytes | None, Decoded | None]], token: CheckToken
+    ) -> None:
+        """The GET may be newer than messages still on the link: watchers get the check only
+        once those are read (``deliver_check`` then drops a check that is stale for them)."""
+        if await self._barrier():
+            for channel, value, decoded in watched:
+                self._registry.deliver_check(channel, value, token, decoded)
 
     async def _barrier(self) -> bool:
         """Wait until everything published before now has been read from the link.

@@ -6,8 +6,10 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
@@ -79,7 +81,10 @@ class ResultStore:
         self._settings = settings if settings is not None else StoreSettings()
         s = self._settings
         self._keys = KeyScheme(s.global_keyprefix, s.key_prefix)
-        self._registry = Registry(max_size=s.max_value_size)
+        # Large payloads are decoded on a thread of the store's own: an application that keeps
+        # asyncio's default executor busy must not hold up the waiters' deliveries.
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resultstore-decode")
+        self._registry = Registry(max_size=s.max_value_size, executor=self._decoder)
         self._backend: Backend
         if s.is_memory:
             self._backend = MemoryBackend(self._registry)
@@ -167,6 +172,7 @@ class ResultStore:
                 runner.cancel()
                 await asyncio.wait([runner])
             await self._backend.aclose()
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     def _check_usable(self) -> None:
         if self._state == "closed":
@@ -213,7 +219,8 @@ class ResultStore:
         loop keeps running meanwhile."""
         limit = self._settings.max_value_size
         if needs_offload(payload):
-            return await asyncio.to_thread(decode_result, task_id, payload, max_size=limit)
+            work = partial(decode_result, task_id, payload, max_size=limit)
+            return await asyncio.get_running_loop().run_in_executor(self._decoder, work)
         return decode_result(task_id, payload, max_size=limit)
 
     async def get_many(self, task_ids: Iterable[str]) -> dict[str, ResultMeta]:

@@ -23,7 +23,8 @@ Transition table (``-`` = absent; *queued* = waiting in the outbox for the next 
     SUBSCRIBING    refused (other error)     raises LinkError: the owner rebuilds the link
     CHECKING       checked (a later round)   SUBSCRIBED      none (settled)
     CHECKING       want                      CHECKING        check again (a newcomer needs a read)
-    SUBSCRIBED     want                      CHECKING        check (a newcomer needs a read)
+    SUBSCRIBED     want                      SUBSCRIBED      check (a newcomer needs a read; still
+                                                             settled)
     CHECKING /
     SUBSCRIBED     unwant                    same (queued)   UNSUBSCRIBE at the next commands()
     UNSUBSCRIBING  unsubscribed, unwanted    -               none
@@ -251,10 +252,13 @@ class Subscriptions:
         """
         self._wanted.add(channel)
         state = self._state.get(channel)
-        if state is ChannelState.CHECKING or state is ChannelState.SUBSCRIBED:
+        if state is ChannelState.SUBSCRIBED or state is ChannelState.CHECKING:
+            # Confirmed on this link: the newcomer needs a read of its own (True), but the
+            # channel's health is its confirmation's read, so a hot channel joined again and
+            # again is not kept unsettled by every newcomer.
             self._outbox.discard(channel)  # an UNSUBSCRIBE not sent yet is no longer wanted
-            self._ask_check(channel)
-            self._unsettled.setdefault(channel, now)
+            if state is ChannelState.CHECKING:
+                self._unsettled.setdefault(channel, now)
             return self.connected
         self._unsettled.setdefault(channel, now)
         if state is None:

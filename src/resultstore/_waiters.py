@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import Executor
+from functools import partial
 from typing import Final, NamedTuple
 
 from ._codec import decode_result, needs_offload
@@ -121,8 +123,9 @@ def _ignore(channel: bytes) -> None:
 class Registry:
     """Task channels and their receivers; delivers decoded results to them."""
 
-    def __init__(self, *, max_size: int) -> None:
+    def __init__(self, *, max_size: int, executor: Executor | None = None) -> None:
         self._max_size = max_size
+        self._executor = executor
         self._entries: dict[bytes, _Entry] = {}
         self._on_join: ChannelHook = _ignore
         self._on_leave: ChannelHook = _ignore
@@ -198,6 +201,11 @@ class Registry:
 
     # -- the connection's life -------------------------------------------------------------------
 
+    @property
+    def epoch(self) -> int:
+        """Counts Pub/Sub connections (see ``new_connection``)."""
+        return self._epoch
+
     def new_connection(self) -> None:
         """A new Pub/Sub connection starts: checks asked for before it are stale for watchers."""
         self._epoch += 1
@@ -215,10 +223,9 @@ class Registry:
         entry = self._entries.get(channel)
         if entry is None:
             return None
+        work = partial(decode_result, entry.task_id, payload, max_size=self._max_size)
         try:
-            return await asyncio.to_thread(
-                decode_result, entry.task_id, payload, max_size=self._max_size
-            )
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
         except PayloadDecodeError as exc:
             return exc
 
@@ -242,20 +249,27 @@ class Registry:
         return entry, decoded
 
     def deliver_message(
-        self, channel: bytes, payload: bytes, decoded: Decoded | None = None
+        self,
+        channel: bytes,
+        payload: bytes,
+        decoded: Decoded | None = None,
+        epoch: int | None = None,
     ) -> None:
         """A Pub/Sub message: to the waiters if ready, and to every watcher.
 
         ``decoded``: the payload decoded ahead (``decode_off_loop``); by default it is decoded
-        here (the same for the other ``deliver_*`` methods).
+        here (the same for the other ``deliver_*`` methods). ``epoch``: the connection it
+        arrived on, when it is delivered later (by default the current one): a message from an
+        earlier connection must not make a watcher skip the current connection's check.
         """
         decoded_entry = self._decode(channel, payload, decoded)
         if decoded_entry is not None:
             entry, meta = decoded_entry
             _resolve(entry, meta)
-            epoch = self._epoch
+            if epoch is None:
+                epoch = self._epoch
             for watcher in entry.watchers:
-                watcher.epoch = epoch
+                watcher.epoch = max(watcher.epoch, epoch)
                 _show(watcher, payload, meta)
 
     def deliver_ready(

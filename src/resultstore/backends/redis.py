@@ -115,6 +115,8 @@ class RedisBackend:
         """redis-py's errors -> ours, through the connector's boundary (``_translate.py``)."""
         try:
             async with self._slots:
+                if self._closed:  # queued for a slot while the store closed: open nothing
+                    raise StoreClosedError(f"{what} was cut short: the ResultStore was closed")
                 with self._connector.map_exceptions(what):
                     yield
         except ResultStoreError as exc:
