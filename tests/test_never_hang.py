@@ -11,6 +11,7 @@ the test's timeout. Faults are injected on purpose (signals, a proxy, server set
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -18,7 +19,14 @@ import pytest
 import redis.asyncio
 
 from faultproxy import FaultProxy
-from resultstore import ResultMeta, ResultStore, StoreConnectionError, states
+from resultstore import (
+    ResultMeta,
+    ResultStore,
+    ResultTimeout,
+    StoreClosedError,
+    StoreConnectionError,
+    states,
+)
 from resultstore._codec import encode_result
 from resultstore.testing import RedisLauncher, RedisServer
 from support import armed, until
@@ -409,3 +417,104 @@ async def test_timeout_zero_returns_a_stored_result(redis_server: RedisServer) -
         )
         assert isinstance(outcome, ResultMeta), outcome
         assert outcome.result == "stored"
+
+
+# --- found by an adversarial review of the new core ------------------------------------------
+
+
+async def test_link_loss_during_a_check_never_kills_the_store(redis_server: RedisServer) -> None:
+    """Checks run back to back (200 held waits, joiners adding short waits to them) while the
+    Pub/Sub link is killed 12 times: losing the link closes the reader's connection under an
+    MGET in flight (redis-py then raises AttributeError), which must be retried like any
+    connection error, not end the store's background task."""
+    rng = random.Random(20261202)
+    admin = redis_server.client()
+    async with ResultStore.from_url(redis_server.url, reconnect_timeout=10) as store:
+        closed: list[BaseException] = []
+
+        async def hold(i: int) -> None:
+            try:
+                await store.wait_for(f"held-{i}")
+            except StoreClosedError as exc:
+                closed.append(exc)
+
+        async def join() -> None:
+            while True:
+                try:
+                    await store.wait_for(f"held-{rng.randrange(200)}", timeout=0.001)
+                except ResultTimeout:
+                    pass
+                except StoreClosedError as exc:
+                    closed.append(exc)
+                    return
+
+        holders = [asyncio.create_task(hold(i)) for i in range(200)]
+        joiners = [asyncio.create_task(join()) for _ in range(4)]
+        try:
+            for _ in range(12):
+                await asyncio.sleep(rng.uniform(0.2, 0.6))
+                admin.client_kill_filter(_type="pubsub")
+            assert not closed, closed[0]
+            await store.set("held-7", "still served")
+            await asyncio.wait_for(asyncio.shield(holders[7]), 15)
+            assert not closed
+        finally:
+            for task in holders + joiners:
+                task.cancel()
+            await asyncio.gather(*holders, *joiners, return_exceptions=True)
+
+
+async def test_a_hot_task_id_joined_again_and_again_is_no_outage(
+    redis_server: RedisServer,
+) -> None:
+    """A new short wait on the same id at every turn of the loop for 3 s (more than
+    reconnect_timeout=1): each join asks for a read of its own, but the channel settles with
+    the read after its confirmation, so only ResultTimeout comes out, never a false
+    StoreConnectionError."""
+    async with ResultStore.from_url(redis_server.url, reconnect_timeout=1) as store:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3
+        pending: set[asyncio.Task[object]] = set()
+        while loop.time() < deadline:
+            pending.add(asyncio.create_task(store.wait_for("hot", timeout=0.3)))
+            await asyncio.sleep(0)
+        outcomes = await asyncio.gather(*pending, return_exceptions=True)
+        errors = {type(o).__name__ for o in outcomes}
+        assert errors == {"ResultTimeout"}, errors
+
+
+async def test_watch_sees_a_result_written_while_a_large_message_was_decoding(
+    redis_server: RedisServer,
+) -> None:
+    """An 8 MB PROGRESS is still being decoded (off the loop) when the link is killed and the
+    SUCCESS is written: the old link's late message must not hide the new link's read from the
+    watcher, which ends with SUCCESS."""
+    admin = redis_server.client()
+    async with ResultStore.from_url(redis_server.url, reconnect_timeout=10) as store:
+        updates = store.watch("late")
+        assert (await anext(updates)).status == states.PENDING
+        before = store.statistics().messages
+        await store.set("late", [1] * 4_000_000, state="PROGRESS")
+        # Read from the link, now decoding off the loop:
+        await until(lambda: store.statistics().messages > before, timeout=10)
+        admin.client_kill_filter(_type="pubsub")
+        await store.set("late", "done")
+        async with asyncio.timeout(15):
+            statuses = [meta.status async for meta in updates]
+        assert statuses[-1] == states.SUCCESS
+
+
+async def test_calls_queued_when_the_store_closes_open_no_connection(
+    redis_server: RedisServer,
+) -> None:
+    """200 gets queued for a pool of 5 when aclose() runs end with StoreClosedError (or their
+    result) and leave no connection behind."""
+    store = ResultStore.from_url(redis_server.url, max_connections=5, client_name="rs-closing")
+    async with store:
+        gets = [asyncio.create_task(store.get(f"g-{i}")) for i in range(200)]
+        await asyncio.sleep(0)
+    outcomes = await asyncio.gather(*gets, return_exceptions=True)
+    assert {type(o).__name__ for o in outcomes} <= {"ResultMeta", "StoreClosedError"}
+    await asyncio.sleep(0.5)
+    names = [c.get("name") for c in redis_server.client().client_list()]
+    assert "rs-closing" not in names
