@@ -82,7 +82,7 @@ class ResultStore:
         self._registry = Registry(max_size=s.max_value_size)
         self._backend: Backend
         if s.is_memory:
-            self._backend = MemoryBackend(self._registry)
+            self._backend = MemoryBackend(self._registry, max_size=s.max_value_size)
         else:
             from .backends.redis import RedisBackend
 
