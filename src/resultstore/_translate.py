@@ -228,7 +228,7 @@ _REASONS: Final[dict[str, tuple[Kind, type[ResultStoreError], str]]] = {
         "Redis refused it for lack of permission {detail}; grant the user the result keys and"
         " channels and the commands it needs",
     ),
-    "reply": ("refused", ResultStoreError, "Redis replied with an error {detail}"),
+    "reply": ("refused", ResultStoreError, "Redis refused the command {detail}"),
     "busy": ("outage", StoreConnectionError, "Redis cannot serve it now {detail}"),
     "socket": (
         "outage",
