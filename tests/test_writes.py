@@ -9,6 +9,7 @@ Measured figures are printed (``pytest tests/test_writes.py -s``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ from resultstore import (
     states,
 )
 from resultstore.testing import RedisLauncher, RedisServer
+from support import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -219,7 +221,15 @@ async def test_a_busy_server_is_waited_out(redis_server: RedisServer) -> None:
             target=lambda: _busy_script(redis_server, 1.0), name="busy-script", daemon=True
         )
         busy.start()
-        time.sleep(0.1)
+
+        def busy_now() -> bool:
+            try:
+                admin.ping()
+            except redis.ResponseError as exc:
+                return "BUSY" in str(exc)
+            return False
+
+        await until(busy_now)
         async with ResultStore.from_url(redis_server.url, reconnect_timeout=30) as store:
             assert await store.set("b", 1) is True
         busy.join()
@@ -229,7 +239,7 @@ async def test_a_busy_server_is_waited_out(redis_server: RedisServer) -> None:
 def _busy_script(server: RedisServer, seconds: float) -> None:
     with server.client() as admin:
         admin.config_set("busy-reply-threshold", "100")
-        try:
+        with contextlib.suppress(redis.RedisError):
             admin.eval(
                 "local t = redis.call('TIME') local e = t[1] + t[2] / 1e6 + ARGV[1] "
                 "while true do local n = redis.call('TIME') "
@@ -237,5 +247,3 @@ def _busy_script(server: RedisServer, seconds: float) -> None:
                 0,
                 str(seconds),
             )
-        except redis.RedisError:
-            pass
