@@ -133,7 +133,9 @@ class RedisBackend:
         secret_filter = SecretFilter(self._connector.scrub)
         logger.addFilter(secret_filter)
         try:
-            await self._multiplexer.run()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._connector.follow_sentinels())
+                await self._multiplexer.run()
         finally:
             logger.removeFilter(secret_filter)
 
