@@ -277,3 +277,70 @@ async def test_sentinel_failover_under_600_writes_loses_few_acknowledged_writes(
     print(f"\nfailover: {len(acked)} acknowledged, {len(missing)} missing on the new master")
     assert len(acked) == 600
     assert len(missing) <= 10
+
+
+# --- wait_replicas ---------------------------------------------------------------------------
+
+
+def primary_and_replica(launcher: RedisLauncher) -> tuple[RedisServer, RedisServer]:
+    primary = launcher.start()
+    replica = launcher.start(extra_config={"replicaof": f"127.0.0.1 {primary.port}"})
+    with replica.client() as client:
+        deadline = time.monotonic() + 20
+        while client.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.05)
+    return primary, replica
+
+
+async def test_wait_replicas_returns_once_the_replica_has_the_write(
+    redis_launcher: RedisLauncher,
+) -> None:
+    """wait_replicas=1: when set() returns True the replica already holds the value (WAIT), for
+    the script's path and for the client's WATCH path (a compressed stored value)."""
+    primary, replica = await asyncio.to_thread(primary_and_replica, redis_launcher)
+    try:
+        url = f"{primary.url}?wait_replicas=1&wait_replicas_timeout=5"
+        async with ResultStore.from_url(url) as store:
+            assert store.settings.wait_replicas == 1
+            with replica.client() as on_replica:
+                for i in range(50):
+                    assert await store.set(f"d-{i}", i) is True
+                    assert on_replica.exists(f"celery-task-meta-d-{i}")
+                assert await store.set("d-0", 1) is False  # a SUCCESS is stored
+    finally:
+        replica.kill()
+        primary.kill()
+
+
+async def test_a_replica_that_does_not_acknowledge_makes_the_outcome_unknown(
+    redis_launcher: RedisLauncher,
+) -> None:
+    """A frozen replica: WAIT gets fewer acknowledgements; set() retries within the budget,
+    then raises WriteOutcomeUnknown (the master has it, a failover could lose it). A replica
+    frozen for less than the budget only delays set(), which then returns True."""
+    primary, replica = await asyncio.to_thread(primary_and_replica, redis_launcher)
+    try:
+        async with ResultStore.from_url(
+            primary.url, wait_replicas=1, wait_replicas_timeout=0.2, reconnect_timeout=1
+        ) as store:
+            replica.freeze()
+            try:
+                with pytest.raises(WriteOutcomeUnknown) as info:
+                    await store.set("nd", 1)
+            finally:
+                replica.thaw()
+            assert "replicas acknowledged" in str(info.value)
+        async with ResultStore.from_url(
+            primary.url, wait_replicas=1, wait_replicas_timeout=0.2, reconnect_timeout=10
+        ) as store:
+            replica.freeze()
+            thaw = threading.Timer(1.0, replica.thaw)
+            thaw.start()
+            try:
+                assert await store.set("late", 1) is True
+            finally:
+                thaw.join()
+    finally:
+        replica.kill()
+        primary.kill()

@@ -17,6 +17,7 @@ from functools import partial
 from typing import Final
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 
 from .._codec import needs_offload
@@ -106,6 +107,8 @@ class RedisBackend:
         )
         self._closed = False
         self._write_budget = settings.reconnect_timeout
+        self._wait_replicas = settings.wait_replicas
+        self._wait_ms = max(1, round(settings.wait_replicas_timeout * 1000))
         self._max_size = settings.max_value_size
 
     def describe(self) -> str:
@@ -195,7 +198,34 @@ class RedisBackend:
                 outcome = await self._write_watched(key, payload, ttl_ms)
             return outcome in (_WRITTEN, _OURS_STORED)
 
-        return await self._retrying("storing a result", attempt)
+        async def durable_attempt() -> bool:
+            conn = self._client.client()  # one connection: WAIT counts its writes
+            try:
+                outcome = await self._write_script(
+                    keys=[key], args=[payload, ttl_ms or 0], client=conn
+                )
+                written_here = outcome == _WRITTEN
+                if outcome == _UNDECIDED:
+                    outcome = await self._write_watched(key, payload, ttl_ms)
+                if outcome == _SUCCESS_STORED:
+                    return False
+                if not written_here:
+                    # Written by another connection (the WATCH path, or an earlier attempt):
+                    # rewrite the same bytes here (XX: never recreate a forgotten key), so
+                    # this connection's WAIT covers that write too.
+                    await conn.set(key, payload, xx=True, keepttl=True)
+                acks = int(await conn.wait(self._wait_replicas, self._wait_ms))
+            finally:
+                await conn.aclose()
+            if acks < self._wait_replicas:
+                raise _NotDurableError(
+                    f"{acks} of {self._wait_replicas} replicas acknowledged the write within "
+                    f"{self._wait_ms} ms (settings wait_replicas, wait_replicas_timeout)"
+                )
+            return True
+
+        run = durable_attempt if self._wait_replicas else attempt
+        return await self._retrying("storing a result", run)
 
     async def _write_watched(self, key: bytes, payload: bytes, ttl_ms: int | None) -> int:
         """The script's decision, made here: WATCH, GET, judge, MULTI SET+PUBLISH, EXEC;
@@ -272,6 +302,11 @@ class RedisBackend:
             return True
 
         await self._retrying("DEL", attempt)
+
+
+class _NotDurableError(RedisConnectionError):
+    """Fewer replicas than ``wait_replicas`` acknowledged a write: retried like an outage, and
+    the write may be lost in a failover (outcome unknown)."""
 
 
 def _as_bytes(value: bytes | str | None) -> bytes | None:
