@@ -236,6 +236,7 @@ class StoreSettings(BaseSettings):
     global_keyprefix: str = ""
     key_prefix: str = Field("celery-task-meta-", min_length=1)
     max_value_size: int = Field(512 * 1024 * 1024, ge=1)
+    write_timeout: _Seconds | None = None
     wait_replicas: int = Field(0, ge=0)
     wait_replicas_timeout: _Seconds = 1.0
 

@@ -53,18 +53,20 @@ _BACKOFF_CAP: Final = 1.0
 # very payload: an earlier attempt of this call stored it) or UNDECIDED (compressed, large or
 # not decodable here: the client decides under WATCH).
 _WRITE_SCRIPT: Final = r"""
-local len = redis.call('STRLEN', KEYS[1])
-if len > 0 then
-  local head = redis.call('GETRANGE', KEYS[1], 0, 63)
+local head = redis.call('GETRANGE', KEYS[1], 0, 63)
+if head ~= '' then
   local status = string.match(head, '^{[ \t\r\n]*"status"[ \t\r\n]*:[ \t\r\n]*"([^"\\]*)"')
   if status == nil then
-    if string.sub(head, 1, 19) == '\0celery-compressed\0' or len > LIMIT then return 2 end
+    if string.sub(head, 1, 19) == '\0celery-compressed\0' then return 2 end
+    if redis.call('STRLEN', KEYS[1]) > LIMIT then return 2 end
     local ok, doc = pcall(cjson.decode, redis.call('GET', KEYS[1]))
     if not ok then return 2 end
     if type(doc) == 'table' and doc['status'] == 'SUCCESS' then status = 'SUCCESS' end
   end
   if status == 'SUCCESS' then
-    if len == #ARGV[1] and redis.call('GET', KEYS[1]) == ARGV[1] then return 3 end
+    if redis.call('STRLEN', KEYS[1]) == #ARGV[1] and redis.call('GET', KEYS[1]) == ARGV[1] then
+      return 3
+    end
     return 0
   end
 end
@@ -106,7 +108,8 @@ class RedisBackend:
             connect_timeout=connect_timeout,
         )
         self._closed = False
-        self._write_budget = settings.reconnect_timeout
+        budget = settings.write_timeout
+        self._write_budget = settings.reconnect_timeout if budget is None else budget
         self._wait_replicas = settings.wait_replicas
         self._wait_ms = max(1, round(settings.wait_replicas_timeout * 1000))
         self._max_size = settings.max_value_size
@@ -255,7 +258,7 @@ class RedisBackend:
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[bool]]) -> bool:
         """Run ``attempt`` until it answers, retrying outages with jittered exponential backoff
-        for at most ``reconnect_timeout`` seconds (the write budget).
+        for at most ``write_timeout`` seconds (default ``reconnect_timeout``): the write budget.
 
         Raises:
             WriteOutcomeUnknown: the budget ran out and an attempt may have been applied.
@@ -286,7 +289,7 @@ class RedisBackend:
                         raise WriteOutcomeUnknown(
                             f"{what} failed: connection lost while writing (outcome unknown: "
                             f"it may have been stored) ({self.describe()}): {explain(unknown)}; "
-                            f"retried for {self._write_budget:g} s (setting reconnect_timeout)"
+                            f"retried for {self._write_budget:g} s (setting write_timeout)"
                         ) from exc
                     raise
                 pause = random.uniform(0, min(delay, deadline - now))
