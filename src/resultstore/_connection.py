@@ -27,6 +27,7 @@ errors into resultstore's for this target: its TLS files named, its passwords hi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -402,7 +403,8 @@ class Connector:
             except (RedisError, OSError) as exc:
                 logger.debug("following a sentinel: %s", self._scrub(explain(exc)))
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, _FOLLOW_BACKOFF_CAP)
 
