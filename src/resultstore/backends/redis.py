@@ -288,7 +288,7 @@ class RedisBackend:
                     if unknown is not None:
                         raise WriteOutcomeUnknown(
                             f"{what} failed: connection lost while writing (outcome unknown: "
-                            f"it may have been stored) ({self.describe()}): {explain(unknown)}; "
+                            f"it may have been applied) ({self.describe()}): {explain(unknown)}; "
                             f"retried for {self._write_budget:g} s (setting write_timeout)"
                         ) from exc
                     raise
