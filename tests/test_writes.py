@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from resultstore import (
+    ResultMeta,
     ResultStore,
     ResultStoreError,
     StoreConnectionError,
@@ -27,7 +28,7 @@ from resultstore import (
     states,
 )
 from resultstore.testing import RedisLauncher, RedisServer, SentinelGroup
-from support import until
+from support import armed, until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -257,7 +258,9 @@ async def test_sentinel_failover_under_600_writes_loses_few_acknowledged_writes(
     sentinels' +selected-slave/+promoted-slave/+switch-master at once, so (almost) no
     acknowledged write lands on the demoted master, whose writes are discarded when it
     resyncs. Measured: 0 missing; 51 without following the announcements (retries alone);
-    261 on the code before (issue 9). With wait_replicas=1: none may be missing."""
+    261 on the code before (issue 9). With wait_replicas=1: none may be missing. 600 waiters
+    pending through the failover all get their result at once (before the Pub/Sub link was
+    cut on the announcement: only at their 60 s timeout, by the last look)."""
     acked: list[int] = []
     async with ResultStore.from_url(
         redis_sentinel.url,
@@ -272,18 +275,29 @@ async def test_sentinel_failover_under_600_writes_loses_few_acknowledged_writes(
                     acked.append(i)
                 await asyncio.sleep(0.02)
 
+        waiters = [asyncio.create_task(store.wait_for(f"fo-{i}", timeout=60)) for i in range(600)]
+        await armed(store, 600)
         writer = asyncio.create_task(write_all())
         await until(lambda: len(acked) >= 50)
         host, port = await asyncio.to_thread(redis_sentinel.failover)
         await writer
+        written = time.monotonic()
+        results = await asyncio.gather(*waiters, return_exceptions=True)
+        waited = time.monotonic() - written
+        pending = [
+            i for i, r in enumerate(results) if not isinstance(r, ResultMeta) or r.result != i
+        ]
     with redis.Redis(host, port) as new_master:
         missing = [i for i in acked if not new_master.exists(f"celery-task-meta-fo-{i}")]
     print(
         f"\nfailover (wait_replicas={wait_replicas}): {len(acked)} acknowledged, "
-        f"{len(missing)} missing on the new master"
+        f"{len(missing)} missing on the new master; waiters done {waited:.1f} s after the "
+        f"last write"
     )
     assert len(acked) == 600
     assert len(missing) <= (10 if wait_replicas == 0 else 0)
+    assert not pending, pending[:10]  # every waiter got its result
+    assert waited < 5  # by its message or the re-check, not by the last look at its timeout
 
 
 # --- wait_replicas ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import contextlib
 import logging
 import random
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -197,6 +198,9 @@ class Connector:
         self._settings = settings
         self._client: Redis | None = None
         self._sentinel: Sentinel | None = None
+        # Sentinel: connections opened outside the pool (the Pub/Sub link, the check reader),
+        # cut when a failover is announced so their owners reconnect to the new master.
+        self._links: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
         self._description = _describe(settings)
         secrets = (settings.password, settings.sentinel_kwargs.password)
         self._scrub = Scrubber(secret.get_secret_value() for secret in secrets if secret)
@@ -364,6 +368,8 @@ class Connector:
             await conn.disconnect()
             raise
         conn.socket_timeout = read_timeout
+        if target.kind == "sentinel":
+            self._links.add(conn)
         return conn
 
     async def _master_address(self) -> tuple[str, int]:
@@ -424,6 +430,9 @@ class Connector:
             return
         logger.info("sentinel announced %s: master %s is now %s:%s", name, master, host, port)
         await pool.announce((host, int(port)))
+        for link in list(self._links):
+            if not _same((getattr(link, "host", None), getattr(link, "port", None)), (host, port)):
+                _cut(link)
 
     async def aclose(self) -> None:
         """Close the command pool and the sentinel clients. Idempotent."""
@@ -450,3 +459,13 @@ def _describe(settings: StoreSettings) -> str:
         tls = " tls" if settings.ssl is not None else ""
         return f"sentinel {settings.master_name}@{nodes}{tls}"
     return f"{target.kind} {nodes}"
+
+
+def _cut(conn: AbstractConnection) -> None:
+    """Close ``conn``'s socket under its owner, as a network cut would: the owner's next read
+    fails with redis-py's ConnectionError and it reconnects (to the announced master), then
+    resubscribes and re-checks, so nothing published meanwhile on the new master is missed."""
+    writer = getattr(conn, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is not None and not transport.is_closing():
+        transport.abort()
