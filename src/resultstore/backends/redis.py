@@ -286,11 +286,12 @@ class RedisBackend:
                 now = loop.time()
                 if self._closed or now >= deadline:
                     if unknown is not None:
-                        raise WriteOutcomeUnknown(
+                        message = (
                             f"{what} failed: connection lost while writing (outcome unknown: "
                             f"it may have been applied) ({self.describe()}): {explain(unknown)}; "
                             f"retried for {self._write_budget:g} s (setting write_timeout)"
-                        ) from exc
+                        )
+                        raise WriteOutcomeUnknown(self._connector.scrub(message)) from exc
                     raise
                 pause = random.uniform(0, min(delay, deadline - now))
                 delay = min(delay * 2, _BACKOFF_CAP)
