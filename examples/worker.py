@@ -37,7 +37,7 @@ import redis.asyncio as redis
 from anyio.abc import TaskGroup
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from resultstore import ResultStore, states
+from resultstore import ResultStore, StoreConnectionError, states
 
 QUEUE = "resultstore-demo:jobs"
 POP_TIMEOUT = 1  # seconds BRPOP blocks before the loop checks whether it should stop
@@ -154,6 +154,12 @@ class Worker:
             self.abandoned += 1
             await self._give_back(raw)
             raise
+        except StoreConnectionError as exc:
+            # set() retries outages for reconnect_timeout seconds; past that (outcome_unknown or
+            # not), give the job back: it runs again, and a stored SUCCESS is never overwritten.
+            self.abandoned += 1
+            logger.warning("job %s: %s; giving it back to the queue", job.task_id, exc)
+            await self._give_back(raw)
         except Exception:
             self.failed += 1
             logger.exception("job %s failed", job.task_id)

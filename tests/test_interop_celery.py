@@ -16,6 +16,7 @@ any connection behind.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,6 +26,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import celery
+import kombu.compression
 import pytest
 import redis
 from celery.app.task import Context
@@ -583,3 +585,100 @@ async def test_no_connection_outlives_a_closed_store_or_celery_backend(
         assert await in_thread(app, lambda: celery_get(app, ours)) == "from resultstore"
     close_backend(app.backend)
     await assert_no_clients(server)
+
+
+# --- the SUCCESS guard against every payload Celery writes ------------------------------------
+
+GUARD_COMPRESSIONS = ["gzip", "zlib", "bzip2", "lzma", "xz"]
+GUARD_COMPRESSIONS += [
+    name
+    for name, ctype in (("brotli", "application/x-brotli"), ("zstd", "application/zstd"))
+    if ctype in kombu.compression.encoders()  # type: ignore[no-untyped-call]  # only when their packages are installed
+]
+LATER_STATES = [states.SUCCESS, states.FAILURE, states.REVOKED, states.STARTED, "PROGRESS"]
+
+
+def later_value(state: str) -> Any:
+    return RuntimeError("late") if state in states.EXCEPTION_STATES else {"late": state}
+
+
+@pytest.mark.parametrize("state", LATER_STATES)
+@pytest.mark.parametrize("compression", GUARD_COMPRESSIONS)
+async def test_compressed_celery_success_is_never_overwritten(
+    store: ResultStore, admin: redis.Redis, make_app: MakeApp, compression: str, state: str
+) -> None:
+    """A SUCCESS Celery 5.7 stores with result_compression is kept by set() of any state, which
+    returns False; the stored bytes are unchanged."""
+    app = make_app(result_compression=compression)
+    task_id = new_id()
+    app.backend.store_result(task_id, {"rows": list(range(100))}, states.SUCCESS)
+    raw = admin.get(key_of(task_id))
+    assert isinstance(raw, bytes)
+    assert raw.startswith(COMPRESSED_MAGIC)
+
+    assert await store.set(task_id, later_value(state), state=state) is False
+    assert admin.get(key_of(task_id)) == raw
+    assert (await store.get(task_id)).result == {"rows": list(range(100))}
+
+
+@pytest.mark.parametrize("compression", GUARD_COMPRESSIONS)
+async def test_compressed_celery_progress_is_overwritten(
+    store: ResultStore, admin: redis.Redis, make_app: MakeApp, compression: str
+) -> None:
+    """A compressed non-SUCCESS (Celery's STARTED) is replaced by set(), which returns True."""
+    app = make_app(result_compression=compression)
+    task_id = new_id()
+    app.backend.store_result(task_id, {"step": 1}, states.STARTED)
+    assert raw_of(admin, task_id).startswith(COMPRESSED_MAGIC)
+    assert await store.set(task_id, "done") is True
+    assert (await store.get(task_id)).result == "done"
+
+
+def raw_of(admin: redis.Redis, task_id: str) -> bytes:
+    raw = admin.get(key_of(task_id))
+    assert isinstance(raw, bytes)
+    return raw
+
+
+def reordered(raw: bytes, *, pad: int = 0) -> bytes:
+    """Celery's stored document with "status" moved last (and ``pad`` bytes of extra field)."""
+    doc = json.loads(raw)
+    status = doc.pop("status")
+    if pad:
+        doc["padding"] = "x" * pad
+    doc["status"] = status
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize("pad", [0, 200_000], ids=["small", "large"])
+@pytest.mark.parametrize("state", LATER_STATES)
+async def test_reordered_json_success_is_never_overwritten(
+    store: ResultStore, admin: redis.Redis, make_app: MakeApp, state: str, pad: int
+) -> None:
+    """A SUCCESS whose "status" key comes last (decided in the script when small, by the
+    client under WATCH when large) is kept by set() of any state, which returns False."""
+    app = make_app()
+    task_id = new_id()
+    app.backend.store_result(task_id, {"answer": 42}, states.SUCCESS)
+    raw = reordered(raw_of(admin, task_id), pad=pad)
+    admin.set(key_of(task_id), raw)
+    assert (await in_thread(app, lambda: AsyncResult(task_id, app=app).state)) == states.SUCCESS
+
+    assert await store.set(task_id, later_value(state), state=state) is False
+    assert admin.get(key_of(task_id)) == raw
+
+
+@pytest.mark.parametrize("pad", [0, 200_000], ids=["small", "large"])
+async def test_a_nested_success_status_does_not_guard(
+    store: ResultStore, admin: redis.Redis, make_app: MakeApp, pad: int
+) -> None:
+    """A STARTED document whose result holds {"status": "SUCCESS"} (and whose own status comes
+    last) is not a SUCCESS: set() replaces it."""
+    app = make_app()
+    task_id = new_id()
+    app.backend.store_result(task_id, {"status": "SUCCESS"}, states.STARTED)
+    doc = json.loads(raw_of(admin, task_id))
+    first = {"result": doc.pop("result")}
+    admin.set(key_of(task_id), json.dumps({**first, **doc, "padding": "x" * pad}).encode())
+    assert await store.set(task_id, "done") is True
+    assert (await store.get(task_id)).result == "done"

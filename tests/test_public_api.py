@@ -14,6 +14,7 @@ from resultstore import (
     StoreConnectionError,
     TaskFailed,
     ValueTooLargeError,
+    WriteOutcomeUnknown,
 )
 
 EXPECTED = [
@@ -31,6 +32,7 @@ EXPECTED = [
     "TLSSettings",
     "TaskFailed",
     "ValueTooLargeError",
+    "WriteOutcomeUnknown",
     "states",
 ]
 
@@ -66,6 +68,14 @@ def test_errors_share_one_root_and_inherit_their_builtins() -> None:
         assert issubclass(error, ResultStoreError)
         assert issubclass(error, builtin)
     assert issubclass(TaskFailed, ResultStoreError)
+
+
+def test_write_outcome_unknown_is_a_connection_error_users_can_branch_on() -> None:
+    """WriteOutcomeUnknown is a StoreConnectionError whose outcome_unknown is True; every other
+    StoreConnectionError says False (nothing written)."""
+    assert issubclass(WriteOutcomeUnknown, StoreConnectionError)
+    assert WriteOutcomeUnknown("x").outcome_unknown is True
+    assert StoreConnectionError("x").outcome_unknown is False
 
 
 def test_states_match_celery() -> None:

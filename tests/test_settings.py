@@ -537,3 +537,22 @@ def test_settings_module_never_imports_redis() -> None:
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "redis" not in {name.split(".")[0] for name in names}
+
+
+def test_write_settings_from_keywords_environment_and_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """wait_replicas, wait_replicas_timeout and write_timeout: keywords, RESULTSTORE_* variables
+    and (the first two) URL query options; defaults 0, 1 s and None (reconnect_timeout)."""
+    default = StoreSettings.from_url("redis://h/0")
+    assert (default.wait_replicas, default.wait_replicas_timeout, default.write_timeout) == (
+        0,
+        1.0,
+        None,
+    )
+    url = StoreSettings.from_url("redis://h/0?wait_replicas=2&wait_replicas_timeout=0.5")
+    assert (url.wait_replicas, url.wait_replicas_timeout) == (2, 0.5)
+    monkeypatch.setenv("RESULTSTORE_WAIT_REPLICAS", "1")
+    monkeypatch.setenv("RESULTSTORE_WRITE_TIMEOUT", "4")
+    env = StoreSettings()
+    assert (env.wait_replicas, env.write_timeout) == (1, 4.0)
+    with pytest.raises(ValidationError):
+        StoreSettings.from_url("redis://h/0?wait_replicas=-1")

@@ -7,8 +7,11 @@
 from __future__ import annotations
 
 import asyncio
+import bz2
+import lzma
 import os
 import uuid
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
@@ -116,6 +119,87 @@ async def test_success_is_never_overwritten(store: ResultStore) -> None:
     assert await store.set("s1", 2) is False
     meta = await store.get("s1")
     assert (meta.status, meta.result) == (states.SUCCESS, 1)
+
+
+def _gzip(doc: bytes) -> bytes:
+    return b"\x00celery-compressed\x00application/x-gzip\x00" + zlib.compress(doc)
+
+
+def _xz(doc: bytes) -> bytes:
+    return b"\x00celery-compressed\x00xz\x00" + lzma.compress(doc)
+
+
+def _bz2(doc: bytes) -> bytes:
+    return b"\x00celery-compressed\x00bzip2\x00" + bz2.compress(doc)
+
+
+_LAST_STATUS = b'{"result": 1, "traceback": null, "children": [], "task_id": "g", "status": "%s"}'
+_SPACED = b'{ "status" :"%s", "result": 1}'
+_ESCAPED = b'{"result": 1, "st\\u0061tus": "SUCC\\u0045SS"}'
+_PADDED = b'{"result": "' + b"x" * 300_000 + b'", "status": "%s"}'
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        _LAST_STATUS % b"SUCCESS",
+        _SPACED % b"SUCCESS",
+        _ESCAPED,
+        _PADDED % b"SUCCESS",
+        _gzip(_LAST_STATUS % b"SUCCESS"),
+        _gzip(_PADDED % b"SUCCESS"),
+        _xz(b'{"status": "SUCCESS", "result": 1}'),
+        _bz2(_LAST_STATUS % b"SUCCESS"),
+    ],
+    ids=["last", "spaced", "escaped", "large", "gzip-last", "gzip-large", "xz", "bz2-last"],
+)
+async def test_success_in_any_layout_is_never_overwritten(
+    store: ResultStore, inject: Inject, stored: bytes
+) -> None:
+    """The guard reads the top-level status of any stored layout (key order, spacing, escapes,
+    size, Celery 5.7 compression): set() of any state returns False and keeps it."""
+    await inject("g", stored)
+    for state in (states.FAILURE, states.REVOKED, "PROGRESS", states.SUCCESS):
+        value = RuntimeError("late") if state in states.EXCEPTION_STATES else "late"
+        assert await store.set("g", value, state=state) is False
+    assert await store._backend.get(store._keys.key("g")) == stored
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        _LAST_STATUS % b"PROGRESS",
+        _PADDED % b"STARTED",
+        _gzip(_LAST_STATUS % b"PROGRESS"),
+        b'{"status": "STARTED", "result": {"status": "SUCCESS"}}',
+        b'{"result": {"status": "SUCCESS"}, "status": "STARTED"}',
+        b'{"result": {"status": "SUCCESS"}}',
+        b"not json",
+        _gzip(b"[1, 2]"),
+    ],
+    ids=["last", "large", "gzip", "nested", "nested-first", "no-status", "garbage", "array"],
+)
+async def test_a_stored_non_success_is_replaced(
+    store: ResultStore, inject: Inject, stored: bytes
+) -> None:
+    """A stored document that is not a SUCCESS (a nested "status" does not count; garbage is
+    not a result) is replaced by set(), which returns True."""
+    await inject("n", stored)
+    assert await store.set("n", "done") is True
+    assert (await store.get("n")).result == "done"
+
+
+async def test_the_same_success_payload_again_counts_as_written(store: ResultStore) -> None:
+    """A write repeated with the very bytes already stored as SUCCESS (a retry after an
+    attempt that stored it) returns True; another SUCCESS payload returns False."""
+    key = store._keys.key("same")
+    payload = b'{"status": "SUCCESS", "result": 1, "task_id": "same"}'
+    assert await store._backend.write(key, payload, ttl_ms=None) is True
+    assert await store._backend.write(key, payload, ttl_ms=None) is True
+    assert await store._backend.write(key, payload.replace(b"1", b"2"), ttl_ms=None) is False
+    compressed = store._keys.key("same-gz")
+    assert await store._backend.write(compressed, _gzip(payload), ttl_ms=None) is True
+    assert await store._backend.write(compressed, _gzip(payload), ttl_ms=None) is True
 
 
 async def test_failure_can_be_replaced_by_a_retry_success(store: ResultStore) -> None:

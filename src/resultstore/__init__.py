@@ -24,6 +24,7 @@ from ._exceptions import (
     StoreConnectionError,
     TaskFailed,
     ValueTooLargeError,
+    WriteOutcomeUnknown,
 )
 from ._meta import ResultMeta
 from ._settings import SentinelSettings, StoreSettings, TLSSettings
@@ -44,5 +45,6 @@ __all__ = [
     "TLSSettings",
     "TaskFailed",
     "ValueTooLargeError",
+    "WriteOutcomeUnknown",
     "states",
 ]

@@ -11,6 +11,7 @@ copy would add) before it is refused. The decompressors release the GIL while th
 from __future__ import annotations
 
 import bz2
+import contextlib
 import importlib
 import lzma
 import sys
@@ -21,7 +22,7 @@ from typing import Any, Final
 
 from ._exceptions import PayloadDecodeError
 
-__all__ = ["CHUNK", "COMPRESSED_PAYLOAD_MAGIC", "decompress", "is_compressed"]
+__all__ = ["CHUNK", "COMPRESSED_PAYLOAD_MAGIC", "decompress", "inflate_head", "is_compressed"]
 
 COMPRESSED_PAYLOAD_MAGIC = b"\x00celery-compressed\x00"
 """Prefix of a Celery 5.7 compressed result (``celery.backends.base.COMPRESSED_PAYLOAD_MAGIC``)."""
@@ -174,3 +175,24 @@ def decompress(
     if not finished:
         raise PayloadDecodeError(f"truncated {ctype} payload", task_id=task_id)
     return out
+
+
+def inflate_head(data: bytes | bytearray | memoryview, size: int) -> bytes:
+    """The first ``size`` inflated bytes of a compressed payload; ``b""`` if none can be had.
+
+    Never inflates more than ``size`` bytes (plus one chunk's bookkeeping), so it is cheap on a
+    payload of any size, and it raises nothing: a corrupt or unsupported body gives what could
+    be inflated before the error, possibly nothing.
+    """
+    view = memoryview(data)[len(COMPRESSED_PAYLOAD_MAGIC) :]
+    end = bytes(view[:64]).find(b"\x00")
+    if end < 0:
+        return b""
+    ctype = bytes(view[:end]).decode("ascii", "replace")
+    inflate = _inflater(_COMPRESSION_ALIASES.get(ctype, ctype))
+    if inflate is None:
+        return b""
+    out = bytearray()
+    with contextlib.suppress(Exception):  # corrupt: keep what came out before the error
+        inflate(view[end + 1 :], out, size)
+    return bytes(out[:size])

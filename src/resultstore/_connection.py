@@ -13,6 +13,12 @@ confirmations as plain replies (with RESP3 they are push messages that a bare re
 Sentinel: the sentinels are asked once each, in turn, with no retries of redis-py's own (its
 default retries each sentinel ten times, about 10 s when all are down). A command that a demoted
 master refuses (READONLY: it did not run) is sent once more, to the master the sentinels name now.
+While a store runs, :meth:`Connector.follow_sentinels` listens to every sentinel's
+``+selected-slave``, ``+promoted-slave`` and ``+switch-master``: the pool moves to the replica
+chosen for promotion at once (its READONLY replies, until it is promoted, are retried), idle
+connections to the former one are closed, and busy ones are closed when they come back, so
+writes stop reaching a demoted master (whose writes are discarded when it resyncs) within about
+a round trip of the announcement, not at the sentinels' next INFO period.
 
 Errors: ``Connector.map_exceptions`` and ``Connector.translate`` (``_translate.py``) turn redis-py's
 errors into resultstore's for this target: its TLS files named, its passwords hidden.
@@ -20,7 +26,12 @@ errors into resultstore's for this target: its TLS files named, its passwords hi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import random
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -42,7 +53,7 @@ from redis.asyncio.sentinel import (
 )
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import ReadOnlyError, RedisError
 
 from ._exceptions import ResultStoreError
 from ._secrets import Scrubber
@@ -57,6 +68,9 @@ logger = logging.getLogger("resultstore")
 _PROTOCOL = 2
 _TCP_ONLY = ("socket_keepalive",)
 _NO_RETRY = Retry(NoBackoff(), 0)  # connections copy it, so one instance serves them all
+_ANNOUNCEMENT_TRUST = 5.0  # seconds an announced master's READONLY is taken as "not yet"
+_FOLLOW_BACKOFF = 0.1  # seconds before reconnecting to a sentinel (full jitter, doubling)
+_FOLLOW_BACKOFF_CAP = 5.0
 
 
 class _MasterDemotedError(RedisConnectionError):
@@ -89,12 +103,63 @@ class _SentinelMasterConnection(SentinelManagedConnection):
         except ReadOnlyError as exc:
             demoted = f"{self.host}:{self.port}"
             await self.disconnect()
+            pool = self.connection_pool
+            if isinstance(pool, _FollowingPool):
+                pool.refused()
             # redis-py's retry reconnects to host:port as they are (not through connect(),
             # which would ask the sentinels), so point them at the master named now.
             self.host, self.port = await self.connection_pool.get_master_address()
             raise _MasterDemotedError(
                 f"{demoted} is no longer the master (it answered READONLY)"
             ) from exc
+
+
+class _FollowingPool(SentinelConnectionPool):
+    """A Sentinel master pool that follows the sentinels' failover announcements at once.
+
+    ``announced`` (set by :meth:`Connector.follow_sentinels`) wins over asking the sentinels,
+    which name the new master only once the failover has ended; a READONLY reply clears it.
+    """
+
+    announced: tuple[str, int] | None = None
+    announced_at = 0.0
+
+    async def announce(self, address: tuple[str, int]) -> None:
+        """Use ``address`` as the master from now on; close idle connections to another."""
+        self.announced = address
+        self.announced_at = time.monotonic()
+        await self.get_master_address()
+
+    def refused(self) -> None:
+        """A READONLY reply: a replica selected for promotion refuses writes for a moment
+        (they are retried); after _ANNOUNCEMENT_TRUST seconds the announcement is stale
+        (a failover that was aborted, or one missed), and the sentinels are asked again."""
+        if time.monotonic() - self.announced_at > _ANNOUNCEMENT_TRUST:
+            self.announced = None
+
+    async def get_master_address(self) -> tuple[str, int]:
+        """The announced master, else the one the sentinels name (redis-py's behaviour)."""
+        if self.announced is None:
+            address: tuple[str, int] = await super().get_master_address()  # type: ignore[no-untyped-call]
+            return address
+        address = self.announced
+        if _same(self.master_address, address):
+            return address
+        self.master_address = address
+        await self.disconnect(inuse_connections=False)
+        return address
+
+    async def release(self, connection: AbstractConnection) -> None:
+        """Return a connection; one still on a former master is closed first."""
+        current = self.master_address
+        at = (getattr(connection, "host", None), getattr(connection, "port", None))
+        if current is not None and not _same(at, current):
+            await connection.disconnect()
+        await super().release(connection)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is not None and b is not None and str(a[0]) == str(b[0]) and str(a[1]) == str(b[1])
 
 
 class _SentinelMasterSSLConnection(_SentinelMasterConnection, SentinelManagedSSLConnection):
@@ -133,6 +198,9 @@ class Connector:
         self._settings = settings
         self._client: Redis | None = None
         self._sentinel: Sentinel | None = None
+        # Sentinel: connections opened outside the pool (the Pub/Sub link, the check reader),
+        # cut when a failover is announced so their owners reconnect to the new master.
+        self._links: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
         self._description = _describe(settings)
         secrets = (settings.password, settings.sentinel_kwargs.password)
         self._scrub = Scrubber(secret.get_secret_value() for secret in secrets if secret)
@@ -222,7 +290,7 @@ class Connector:
             assert s.master_name is not None  # the settings guarantee it
             client: Redis = self._get_sentinel().master_for(
                 s.master_name,
-                connection_pool_class=SentinelConnectionPool,
+                connection_pool_class=_FollowingPool,
                 connection_class=(
                     _SentinelMasterConnection if s.ssl is None else _SentinelMasterSSLConnection
                 ),
@@ -300,6 +368,8 @@ class Connector:
             await conn.disconnect()
             raise
         conn.socket_timeout = read_timeout
+        if target.kind == "sentinel":
+            self._links.add(conn)
         return conn
 
     async def _master_address(self) -> tuple[str, int]:
@@ -313,6 +383,56 @@ class Connector:
             address = await self._get_sentinel().discover_master(self._settings.master_name)
         host, port = address
         return str(host), int(port)
+
+    async def follow_sentinels(self) -> None:
+        """Until cancelled, for a Sentinel target: follow every sentinel's ``+promoted-slave``
+        and ``+switch-master`` for this master name (see the module docstring). Returns at once
+        for other targets. A sentinel that cannot be reached is retried with backoff."""
+        if self._settings.target.kind != "sentinel":
+            return
+        sentinels = self._get_sentinel().sentinels
+        async with asyncio.TaskGroup() as group:
+            for sentinel in sentinels:
+                group.create_task(self._follow(sentinel))
+
+    async def _follow(self, sentinel: Redis) -> None:
+        delay = _FOLLOW_BACKOFF
+        while True:
+            pubsub = sentinel.pubsub()
+            try:
+                await pubsub.subscribe("+switch-master", "+promoted-slave", "+selected-slave")
+                delay = _FOLLOW_BACKOFF
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None:
+                        await self._on_announcement(message["channel"], message["data"])
+            except (RedisError, OSError) as exc:
+                logger.debug("following a sentinel: %s", self._scrub(explain(exc)))
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, _FOLLOW_BACKOFF_CAP)
+
+    async def _on_announcement(self, channel: bytes | str, data: bytes | str) -> None:
+        name = channel.decode() if isinstance(channel, bytes) else channel
+        words = (data.decode() if isinstance(data, bytes) else data).split()
+        # +switch-master: <name> <old-ip> <old-port> <new-ip> <new-port>
+        # +selected-slave, +promoted-slave: slave <ip:port> <ip> <port> @ <name> <ip> <port>
+        if name == "+switch-master" and len(words) >= 5:
+            master, host, port = words[0], words[3], words[4]
+        elif name in ("+promoted-slave", "+selected-slave") and len(words) >= 6:
+            master, host, port = words[5], words[2], words[3]
+        else:
+            return
+        pool = self._client.connection_pool if self._client is not None else None
+        if master != self._settings.master_name or not isinstance(pool, _FollowingPool):
+            return
+        logger.info("sentinel announced %s: master %s is now %s:%s", name, master, host, port)
+        await pool.announce((host, int(port)))
+        for link in list(self._links):
+            if not _same((getattr(link, "host", None), getattr(link, "port", None)), (host, port)):
+                _cut(link)
 
     async def aclose(self) -> None:
         """Close the command pool and the sentinel clients. Idempotent."""
@@ -339,3 +459,13 @@ def _describe(settings: StoreSettings) -> str:
         tls = " tls" if settings.ssl is not None else ""
         return f"sentinel {settings.master_name}@{nodes}{tls}"
     return f"{target.kind} {nodes}"
+
+
+def _cut(conn: AbstractConnection) -> None:
+    """Close ``conn``'s socket under its owner, as a network cut would: the owner's next read
+    fails with redis-py's ConnectionError and it reconnects (to the announced master), then
+    resubscribes and re-checks, so nothing published meanwhile on the new master is missed."""
+    writer = getattr(conn, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is not None and not transport.is_closing():
+        transport.abort()

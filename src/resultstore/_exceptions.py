@@ -6,6 +6,8 @@ from the builtin exception a caller would naturally catch::
     ResultStoreError
      +-- ResultTimeout          (TimeoutError)     wait_for's own timeout expired
      +-- StoreConnectionError   (ConnectionError)  Redis unreachable past reconnect_timeout
+     |    +-- WriteOutcomeUnknown                  set()/forget() lost the connection after
+     |                                             sending: the write may have been applied
      +-- PermissionDeniedError  (PermissionError)  an ACL refused a key or channel (NOPERM)
      +-- ValueTooLargeError     (ValueError)       encoded value over max_value_size; not written
      +-- StoreClosedError       (RuntimeError)     the store was used after aclose()
@@ -26,6 +28,7 @@ __all__ = [
     "StoreConnectionError",
     "TaskFailed",
     "ValueTooLargeError",
+    "WriteOutcomeUnknown",
 ]
 
 
@@ -52,11 +55,27 @@ class StoreConnectionError(ResultStoreError, ConnectionError):
 
     Attributes:
         task_id: the task a waiter waited for, when the error ended a ``wait_for``/``watch``.
+        outcome_unknown: ``True`` only on :class:`WriteOutcomeUnknown`: a write may have been
+            applied. ``False``: nothing was written by the call that raised it.
     """
+
+    outcome_unknown: bool = False
 
     def __init__(self, message: str, *, task_id: str | None = None) -> None:
         super().__init__(message)
         self.task_id = task_id
+
+
+class WriteOutcomeUnknown(StoreConnectionError):
+    """``set()`` or ``forget()`` gave up, and an attempt may have been applied on the server.
+
+    The connection was lost (or timed out) after a command was sent, and no later attempt within
+    the write budget (``reconnect_timeout``) got an answer. The result may or may not be stored;
+    calling ``set()`` again with the same value is safe: it returns True if the first attempt
+    stored it. ``outcome_unknown`` is ``True``.
+    """
+
+    outcome_unknown = True
 
 
 class PermissionDeniedError(ResultStoreError, PermissionError):

@@ -144,6 +144,7 @@ class SentinelSettings(_HiddenInputsModel):
 _SECONDS = (TypeAdapter(_Seconds), "a number of seconds above 0")
 _NONNEG = (TypeAdapter(_NonNegSeconds), "a number of seconds, 0 or more")
 _COUNT = (TypeAdapter(Annotated[int, Field(ge=1)]), "a whole number, 1 or more")
+_COUNT0 = (TypeAdapter(Annotated[int, Field(ge=0)]), "a whole number, 0 or more")
 _BOOL = (TypeAdapter(bool), "true or false")
 _TEXT = (TypeAdapter(str), "text")
 # url query option -> (the field it fills, the field's type, what a valid value looks like)
@@ -155,6 +156,8 @@ _URL_OPTIONS: dict[str, tuple[str, TypeAdapter[Any], str]] = {
     "health_check_interval": ("health_check_interval", *_NONNEG),
     "max_connections": ("max_connections", *_COUNT),
     "client_name": ("client_name", *_TEXT),
+    "wait_replicas": ("wait_replicas", *_COUNT0),
+    "wait_replicas_timeout": ("wait_replicas_timeout", *_SECONDS),
     "master_name": ("master_name", *_TEXT),
     "ssl_cert_reqs": ("cert_reqs", TypeAdapter(_CertReqsIn), "required, optional or none"),
     "ssl_ca_certs": ("ca_certs", *_TEXT),
@@ -233,6 +236,9 @@ class StoreSettings(BaseSettings):
     global_keyprefix: str = ""
     key_prefix: str = Field("celery-task-meta-", min_length=1)
     max_value_size: int = Field(512 * 1024 * 1024, ge=1)
+    write_timeout: _Seconds | None = None
+    wait_replicas: int = Field(0, ge=0)
+    wait_replicas_timeout: _Seconds = 1.0
 
     def __init__(self, **values: Any) -> None:
         """Validate ``values`` merged with the ``RESULTSTORE_*`` environment variables.

@@ -87,7 +87,7 @@ class ResultStore:
         self._registry = Registry(max_size=s.max_value_size, executor=self._decoder)
         self._backend: Backend
         if s.is_memory:
-            self._backend = MemoryBackend(self._registry)
+            self._backend = MemoryBackend(self._registry, max_size=s.max_value_size)
         else:
             from .backends.redis import RedisBackend
 
@@ -253,7 +253,11 @@ class ResultStore:
         """Store a result and publish it to waiters, atomically, in one round trip.
 
         Any state can be stored; custom and unready states (``PROGRESS``) reach ``watch`` only.
-        A stored SUCCESS is never overwritten (Celery's rule).
+        A stored SUCCESS is never overwritten (Celery's rule), whatever its layout or Celery 5.7
+        compression. Outages (connection errors, LOADING, BUSY, READONLY, TRYAGAIN, MASTERDOWN)
+        are retried with jittered backoff for up to ``write_timeout`` (default
+        ``reconnect_timeout``); a retry sends the same payload, so it is safe. With
+        ``wait_replicas``, True means that many replicas acknowledged the write (Redis WAIT).
 
         Args:
             value: the result; an exception for FAILURE (stored as Celery does).
@@ -261,7 +265,9 @@ class ResultStore:
                 (``result_failure_expires`` for FAILURE).
 
         Returns:
-            True if stored; False if a SUCCESS was already stored (nothing was written).
+            True if stored (also when an earlier attempt of this call, whose answer was lost,
+            stored this very SUCCESS); False if another SUCCESS was already stored (nothing
+            was written).
 
         Raises:
             ValueTooLargeError: the encoded value exceeds ``max_value_size``; nothing was written.
@@ -270,7 +276,12 @@ class ResultStore:
                 deeper than 200 lists/dicts, or holds a dict shaped like a kombu envelope that
                 cannot be read back (the message names the place, e.g. ``result["a"][3]``);
                 ``expires`` is negative, NaN or infinite; the task id is not valid Unicode.
-            StoreConnectionError: Redis is unreachable.
+            WriteOutcomeUnknown: the budget ran out after an attempt that may have been applied
+                (a ``StoreConnectionError`` with ``outcome_unknown`` True); calling ``set()``
+                again with the same value is safe.
+            StoreConnectionError: Redis stayed unreachable for the whole budget; nothing was
+                written.
+            ResultStoreError: Redis refused the command (not retried).
         """
         self._check_usable()
         ttl_ms = self._ttl_ms(state, expires)
@@ -303,8 +314,11 @@ class ResultStore:
     async def forget(self, task_id: str) -> None:
         """Delete the task's stored result. Pending waiters of that id keep waiting.
 
+        Outages are retried like ``set()``'s (deleting twice is harmless).
+
         Raises:
-            StoreConnectionError: Redis is unreachable.
+            StoreConnectionError: Redis stayed unreachable for the whole write budget
+                (``WriteOutcomeUnknown`` when the key may have been deleted).
         """
         self._check_usable()
         await self._backend.delete(self._keys.key(task_id))

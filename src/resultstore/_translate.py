@@ -8,6 +8,7 @@
                                        timeouts, resets, LOADING, BUSY, READONLY, ...): retry
     translate(exc, ...)     the ResultStoreError a caller sees: what happened, and the fix
     map_exceptions(...)     ``with`` around redis-py calls (``await`` inside works too)
+    may_have_applied(exc)   whether a failed write may have run on the server (outcome unknown)
 
 redis-py loses some causes on the way: a missing CA file and a missing Unix socket both surface as
 ``ConnectionError("Error 2 connecting to ...")`` over a ``FileNotFoundError`` without a file name.
@@ -18,6 +19,7 @@ connection's handshake (AUTH, CLIENT SETNAME, SELECT) is configuration, whatever
 
 from __future__ import annotations
 
+import inspect
 import os
 import ssl
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +27,7 @@ from contextlib import contextmanager
 from types import CodeType
 from typing import Final, Literal
 
-from redis.asyncio.connection import AbstractConnection, RedisSSLContext
+from redis.asyncio.connection import AbstractConnection, ConnectionPool, RedisSSLContext
 from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
     AuthenticationError,
@@ -50,6 +52,7 @@ __all__ = [
     "explain",
     "is_config_error",
     "map_exceptions",
+    "may_have_applied",
     "translate",
 ]
 
@@ -75,6 +78,13 @@ def _code(function: object) -> CodeType | None:
 
 _TLS_LOAD: Final = _code(RedisSSLContext.get)  # loads the CA, certificate and key files
 _HANDSHAKE: Final = _code(AbstractConnection.on_connect_check_health)  # AUTH, SETNAME, SELECT
+# Taking a connection from the pool (connect, handshake, the stale-connection check): a failure
+# there means no command of the call was sent.
+_NOT_SENT: Final = (
+    _code(inspect.unwrap(ConnectionPool.get_connection)),
+    _code(ConnectionPool.ensure_connection),
+    _code(AbstractConnection.connect_check_health),
+)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -143,6 +153,20 @@ def classify(exc: BaseException) -> Kind:
     return _REASONS[_diagnose(exc)][0]
 
 
+def may_have_applied(exc: BaseException) -> bool:
+    """Whether a command that failed with ``exc`` may have run on the server anyway.
+
+    False when Redis answered with an error reply (LOADING, BUSY, READONLY, TRYAGAIN,
+    MASTERDOWN, NOPERM, ...: the command did not run) and when the failure came while taking a
+    connection (refused TCP, connect timeout, handshake): nothing was sent. True otherwise: the
+    connection was lost or timed out after the command was sent.
+    """
+    chain = list(_chain(exc))
+    if any(isinstance(link, ResponseError) for link in chain):
+        return False
+    return not any(_raised_in(link, code) for link in chain for code in _NOT_SENT)
+
+
 def is_config_error(exc: BaseException | None) -> bool:
     """Whether ``exc`` is a configuration error (``classify(exc) == "config"``): fail now."""
     return exc is not None and classify(exc) == "config"
@@ -204,7 +228,7 @@ _REASONS: Final[dict[str, tuple[Kind, type[ResultStoreError], str]]] = {
         "Redis refused it for lack of permission {detail}; grant the user the result keys and"
         " channels and the commands it needs",
     ),
-    "reply": ("refused", ResultStoreError, "Redis replied with an error {detail}"),
+    "reply": ("refused", ResultStoreError, "Redis refused the command {detail}"),
     "busy": ("outage", StoreConnectionError, "Redis cannot serve it now {detail}"),
     "socket": (
         "outage",

@@ -40,7 +40,7 @@ _DEFAULT_PORTS = {"tcp": 6379, "tls": 6379, "sentinel": 26379}
 _SSL_KEYS = {"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"}
 _KNOWN_KEYS = _SSL_KEYS | {"db", "virtual_host", "socket_timeout", "socket_connect_timeout"}
 _KNOWN_KEYS |= {"socket_keepalive", "retry_on_timeout", "health_check_interval", "client_name"}
-_KNOWN_KEYS |= {"max_connections", "master_name"}
+_KNOWN_KEYS |= {"max_connections", "master_name", "wait_replicas", "wait_replicas_timeout"}
 _SCHEME_RE = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.\-]*)://")
 # A ';' starts a new part only when a scheme follows, so a ';' inside a password stays put.
 _PART_SEP_RE = re.compile(r";(?=\s*[A-Za-z][A-Za-z0-9+.\-]*://)")

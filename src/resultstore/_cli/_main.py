@@ -23,6 +23,7 @@ from ._render import JsonOutput, Output
 __all__ = ["main", "run"]
 
 _PROG: Final = "resultstore"
+_CLI_WRITE_TIMEOUT: Final = 3.0  # seconds set/forget retry an outage (RESULTSTORE_WRITE_TIMEOUT)
 
 
 class _OneLineFormatter(logging.Formatter):
@@ -59,6 +60,8 @@ def _settings(args: argparse.Namespace) -> StoreSettings:
         options["url"] = args.url
     if args.master_name is not None:
         options["master_name"] = args.master_name
+    if "RESULTSTORE_WRITE_TIMEOUT" not in os.environ:
+        options["write_timeout"] = _CLI_WRITE_TIMEOUT  # a shell command fails fast
     return StoreSettings(**options)
 
 

@@ -31,7 +31,7 @@ exit codes:
   3    wait/watch: --timeout passed before the task was ready
   4    Redis unreachable: refused, lost, authentication or TLS failure, no sentinel master
   5    invalid command line, URL or settings
-  6    any other error (Redis replied with an error, an undecodable stored value, ...)
+  6    any other error (Redis refused the command, an undecodable stored value, ...)
   130  interrupted (Ctrl-C)"""
 
 EXAMPLES: Final = """\

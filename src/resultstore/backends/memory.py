@@ -6,29 +6,21 @@ value synchronously, so the subscribe-then-check ordering holds trivially.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
-from typing import Final
 
+from .._guard import is_success_payload
 from .._waiters import Registry
 from . import BackendStats
 
-__all__ = ["MemoryBackend", "is_success_payload"]
-
-# Same test as the Redis write script: the stored document starts with a SUCCESS status.
-_SUCCESS_HEAD: Final = re.compile(rb'^\{\s*"status"\s*:\s*"SUCCESS"')
-
-
-def is_success_payload(payload: bytes) -> bool:
-    """Whether a stored payload records SUCCESS (such a payload is never overwritten)."""
-    return _SUCCESS_HEAD.match(payload[:64]) is not None
+__all__ = ["MemoryBackend"]
 
 
 class MemoryBackend:
     """Results in a dict of this process; nothing survives the store."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, *, max_size: int | None = None) -> None:
+        self._max_size = max_size
         self._data: dict[bytes, tuple[bytes, float | None]] = {}
         self._registry = registry
         registry.attach(on_join=self._on_join, on_leave=_ignore)
@@ -77,10 +69,13 @@ class MemoryBackend:
         return [self._lookup(key) for key in keys]
 
     async def write(self, key: bytes, payload: bytes, *, ttl_ms: int | None) -> bool:
-        """Store and deliver unless a SUCCESS is stored; True if written."""
+        """Store and deliver unless a SUCCESS is stored (the guard's rule, ``_guard.py``).
+
+        True if written, or if the stored SUCCESS is this very payload (a repeated write).
+        """
         current = self._lookup(key)
-        if current is not None and is_success_payload(current):
-            return False
+        if current is not None and is_success_payload(current, max_size=self._max_size):
+            return current == payload
         deadline = None if ttl_ms is None else time.monotonic() + ttl_ms / 1000
         self._data[key] = (payload, deadline)
         self._messages += 1
