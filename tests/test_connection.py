@@ -573,3 +573,27 @@ async def test_no_sentinel_master_error_is_short_and_named(redis_launcher: Redis
     assert len(message) < 500
     group.master.stop()
     group.replica.stop()
+
+
+async def test_a_write_on_a_transport_closed_under_uvloop_is_a_connection_error(
+    redis_server: RedisServer,
+) -> None:
+    """uvloop raises RuntimeError("... the handler is closed") for a write on a transport the
+    server already closed (asyncio drops it): the store's connections make it a ConnectionError,
+    an outage the multiplexer reconnects from, not a crash of its background task."""
+    connector = Connector(StoreSettings.from_url(redis_server.url))
+    conn = await connector.open_connection(read_timeout=5)
+
+    def closed(data: object) -> None:
+        raise RuntimeError(
+            "unable to perform operation on <TCPTransport closed=True reading=False 0x5595>; "
+            "the handler is closed"
+        )
+
+    writer = conn._writer
+    assert writer is not None
+    writer.writelines = closed  # type: ignore[method-assign]
+    with pytest.raises(redis.exceptions.ConnectionError, match="connection closed"):
+        await conn.send_command("PING", check_health=False)
+    assert not conn.is_connected
+    await connector.aclose()
