@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+import redis.asyncio.connection
 import redis.exceptions
 
 from resultstore import ResultStore, ResultStoreError, StoreConnectionError, StoreSettings
@@ -407,7 +408,7 @@ async def test_sentinel_with_tls_data_nodes(redis_launcher: RedisLauncher) -> No
             assert await made.command_client().ping() is True
             conn = await assert_pubsub_works(made)
             assert (conn.host, conn.port) == group.master_address()
-            assert type(conn).__name__ == "SSLConnection"
+            assert isinstance(conn, redis.asyncio.connection.SSLConnection)
         async with ResultStore.from_url(group.url, **options) as store:
             await round_trip(store, "sentinel-tls")
         with group.master.client() as admin:
