@@ -312,6 +312,14 @@ async def test_result_larger_than_the_output_buffer_costs_one_reconnect(
     waiters; the link is not dropped again (the re-read goes through the reader connection)."""
     value = "x" * (40 * 1024 * 1024)
     others = [f"beside-{i}" for i in range(1000)]
+    info = await raw.info("server")
+    # Valkey 9 sends a large published message without counting it against the limit: no drop.
+    drops = (
+        0
+        if info.get("server_name") == "valkey"
+        and int(str(info["valkey_version"]).split(".")[0]) >= 9
+        else 1
+    )
     async with ResultStore.from_url(redis_server.url) as store:
         waiter = asyncio.create_task(store.wait_for("huge", timeout=120))
         waiting = [asyncio.create_task(store.wait_for(t, timeout=120)) for t in others]
@@ -319,12 +327,12 @@ async def test_result_larger_than_the_output_buffer_costs_one_reconnect(
         assert await store.set("huge", value)
         meta = await waiter
         assert len(meta.result) == len(value)
-        assert store.statistics().reconnects == 1
+        assert store.statistics().reconnects == drops
         await armed(store, len(others))
         for t in others:
             await celery_write(raw, t)
         assert [m.result for m in await asyncio.gather(*waiting)] == others
-        assert store.statistics().reconnects == 1
+        assert store.statistics().reconnects == drops
 
 
 async def test_unready_states_wake_watchers_not_waiters(

@@ -61,7 +61,7 @@ def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> Non
 
 
 def pid_alive(pid: int) -> bool:
-    """True if `pid` is a live redis process (zombies and reused pids count as gone)."""
+    """True if `pid` is a live redis or valkey process (zombies and reused pids count as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -72,7 +72,7 @@ def pid_alive(pid: int) -> bool:
         cmdline = (proc / "cmdline").read_bytes()
     except (OSError, IndexError):
         return True  # no /proc (not Linux): os.kill said it exists
-    return state not in ("Z", "X") and b"redis" in cmdline
+    return state not in ("Z", "X") and (b"redis" in cmdline or b"valkey" in cmdline)
 
 
 def role_of(server: RedisServer) -> str:
