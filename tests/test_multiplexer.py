@@ -312,6 +312,14 @@ async def test_result_larger_than_the_output_buffer_costs_one_reconnect(
     waiters; the link is not dropped again (the re-read goes through the reader connection)."""
     value = "x" * (40 * 1024 * 1024)
     others = [f"beside-{i}" for i in range(1000)]
+    info = await raw.info("server")
+    # Valkey 9 sends a large published message without counting it against the limit: no drop.
+    drops = (
+        0
+        if info.get("server_name") == "valkey"
+        and int(str(info["valkey_version"]).split(".")[0]) >= 9
+        else 1
+    )
     async with ResultStore.from_url(redis_server.url) as store:
         waiter = asyncio.create_task(store.wait_for("huge", timeout=120))
         waiting = [asyncio.create_task(store.wait_for(t, timeout=120)) for t in others]
@@ -319,12 +327,12 @@ async def test_result_larger_than_the_output_buffer_costs_one_reconnect(
         assert await store.set("huge", value)
         meta = await waiter
         assert len(meta.result) == len(value)
-        assert store.statistics().reconnects == 1
+        assert store.statistics().reconnects == drops
         await armed(store, len(others))
         for t in others:
             await celery_write(raw, t)
         assert [m.result for m in await asyncio.gather(*waiting)] == others
-        assert store.statistics().reconnects == 1
+        assert store.statistics().reconnects == drops
 
 
 async def test_unready_states_wake_watchers_not_waiters(
@@ -400,7 +408,7 @@ async def test_refused_subscribe_fails_its_waiters_without_reconnecting(
     the connection is healthy, so the store neither reconnects nor spins."""
     url = redis_auth_server.url_for(username=AUTH_USER, password=AUTH_USER_PASSWORD)
     async with ResultStore.from_url(url, global_keyprefix="elsewhere") as store:
-        with pytest.raises(ResultStoreError, match=r"NOPERM|no permissions") as info:
+        with pytest.raises(ResultStoreError, match=r"(?i)NOPERM|no permissions") as info:
             await store.wait_for("refused", timeout=10)
         assert "refused" in str(info.value)
         assert store.statistics().reconnects == 0
@@ -469,7 +477,7 @@ async def test_busy_server_is_waited_out_not_reported_as_a_refusal(
 ) -> None:
     """A long script makes Redis answer BUSY to everything for a while: waiters already armed,
     waiters joining and new channels subscribing during it all get their results afterwards."""
-    server = redis_launcher.start(extra_config={"busy-reply-threshold": "50"})
+    server = redis_launcher.start(extra_config={"lua-time-limit": "50"})
     admin = server.client()
     scripter = redis.asyncio.Redis(host=server.host, port=server.port)
     async with scripter, ResultStore.from_url(server.url) as store:
@@ -581,7 +589,7 @@ async def test_one_forbidden_task_does_not_fail_its_batch(
     async with ResultStore.from_url(url) as store:
         allowed = asyncio.create_task(store.wait_for("tenantA-1", timeout=10))
         forbidden = asyncio.create_task(store.wait_for("tenantB-1", timeout=10))
-        with pytest.raises(ResultStoreError, match=r"NOPERM|no permissions"):
+        with pytest.raises(ResultStoreError, match=r"(?i)NOPERM|no permissions"):
             await forbidden
         await armed(store, 1)
         await store.set("tenantA-1", "mine")

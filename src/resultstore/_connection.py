@@ -32,7 +32,7 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -53,12 +53,12 @@ from redis.asyncio.sentinel import (
 )
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
 from ._exceptions import ResultStoreError
 from ._secrets import Scrubber
 from ._settings import StoreSettings, TLSSettings
-from ._translate import explain, is_config_error, map_exceptions, translate
+from ._translate import explain, is_config_error, map_exceptions, reply_code, translate
 
 # explain and is_config_error live in _translate; the multiplexer imports them from here.
 __all__ = ["Connector", "explain", "is_config_error"]
@@ -73,11 +73,51 @@ _FOLLOW_BACKOFF = 0.1  # seconds before reconnecting to a sentinel (full jitter,
 _FOLLOW_BACKOFF_CAP = 5.0
 
 
+class _ClosedTransportSafe(AbstractConnection):
+    """A connection whose write on a transport the peer already closed is a ConnectionError.
+
+    asyncio's transports drop such a write; uvloop's raise ``RuntimeError("unable to perform
+    operation on <TCPTransport closed=True ...>; the handler is closed")``, which redis-py passes
+    on as it is, so a server cutting the link between connect and AUTH (or SUBSCRIBE) looked like
+    a bug instead of an outage, and ended the store's background task. redis-py has already
+    disconnected the connection when this is raised.
+    """
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as exc:
+            if not _is_closed_transport(exc):
+                raise
+            raise RedisConnectionError(
+                f"Error while writing to {self._host_error()}: connection closed"
+            ) from exc
+
+
+def _is_closed_transport(exc: RuntimeError) -> bool:
+    text = str(exc)
+    return "unable to perform operation on" in text and "closed" in text
+
+
+class _Connection(_ClosedTransportSafe, Connection):
+    """`Connection`, closed-transport safe."""
+
+
+class _SSLConnection(_ClosedTransportSafe, SSLConnection):
+    """`SSLConnection`, closed-transport safe."""
+
+
+class _UnixConnection(_ClosedTransportSafe, UnixDomainSocketConnection):
+    """`UnixDomainSocketConnection`, closed-transport safe."""
+
+
 class _MasterDemotedError(RedisConnectionError):
     """The node a master connection talks to is a replica now; the command did not run."""
 
 
-class _SentinelMasterConnection(SentinelManagedConnection):
+class _SentinelMasterConnection(_ClosedTransportSafe, SentinelManagedConnection):
     """A Sentinel master connection whose READONLY refusal is a retryable, distinct error.
 
     redis-py turns READONLY into a plain ConnectionError, which cannot be retried safely (a
@@ -100,7 +140,10 @@ class _SentinelMasterConnection(SentinelManagedConnection):
                 disconnect_on_error=bool(disconnect_on_error),
                 push_request=push_request,
             )
-        except ReadOnlyError as exc:
+        except ResponseError as exc:
+            # Redis 6.2 wraps a script's READONLY (our writes are scripts): same refusal.
+            if not isinstance(exc, ReadOnlyError) and reply_code(exc) != "READONLY":
+                raise
             demoted = f"{self.host}:{self.port}"
             await self.disconnect()
             pool = self.connection_pool
@@ -304,12 +347,10 @@ class Connector:
         if target.kind == "unix":
             for name in _TCP_ONLY:
                 del pool_kwargs[name]
-            pool = ConnectionPool(
-                connection_class=UnixDomainSocketConnection, path=target.path, **pool_kwargs
-            )
+            pool = ConnectionPool(connection_class=_UnixConnection, path=target.path, **pool_kwargs)
         else:
             host, port = target.hosts[0]
-            cls = SSLConnection if target.kind == "tls" else Connection
+            cls = _SSLConnection if target.kind == "tls" else _Connection
             pool = ConnectionPool(connection_class=cls, host=host, port=port, **pool_kwargs)
         # from_pool: the client owns the pool, so aclose() closes its connections too.
         return Redis.from_pool(pool)
@@ -351,14 +392,14 @@ class Connector:
         if target.kind == "unix":
             for name in _TCP_ONLY:
                 del kwargs[name]
-            conn = UnixDomainSocketConnection(path=target.path or "", **kwargs)
+            conn = _UnixConnection(path=target.path or "", **kwargs)
         else:
             if target.kind == "sentinel":
                 host, port = await self._master_address()
             else:
                 host, port = target.hosts[0]
             use_tls = target.kind == "tls" or (target.kind == "sentinel" and s.ssl is not None)
-            cls = SSLConnection if use_tls else Connection
+            cls = _SSLConnection if use_tls else _Connection
             conn = cls(host=host, port=int(port), **kwargs)
         try:
             await conn.connect()  # type: ignore[no-untyped-call]

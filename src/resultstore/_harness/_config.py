@@ -72,6 +72,10 @@ class DataNodeConfig:
         if self.password is not None:
             # masterauth too: after a failover this node replicates from its peer.
             lines += [f"requirepass {quote(self.password)}", f"masterauth {quote(self.password)}"]
+        if self.acl_users:
+            # Redis 7 starts new users with no channels; 6.2 with every channel, where a rule
+            # like `&celery-task-meta-*` is an error. Same default everywhere (before the users).
+            lines.append("acl-pubsub-default resetchannels")
         for rule in self.acl_users:
             lines.append(rule if rule.startswith("user ") else f"user {rule}")
         lines += ["appendonly yes"] if self.appendonly else ['save ""', "appendonly no"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from ._capabilities import SERVER_ENV, ServerInfo, find_binary, probe
 from ._config import DataNodeConfig, SentinelConfig
 from ._docker import ContainerBackend, docker_available
 from ._ports import allocate_port
@@ -47,7 +48,8 @@ class RedisLauncher:
     containers (testcontainers), for plain TCP servers only. The constructor does no I/O.
 
     Args:
-        redis_server: path of the binary (default: ``redis-server`` found on PATH).
+        redis_server: path of the binary (redis-server or valkey-server); default: the
+            environment variable ``RESULTSTORE_TEST_SERVER``, else ``redis-server`` on PATH.
         docker_image: image of the Docker fallback.
         startup_timeout: seconds a server gets to answer PING after starting.
     """
@@ -63,6 +65,7 @@ class RedisLauncher:
         self._docker_image = docker_image
         self._startup_timeout = startup_timeout
         self._backend: Literal["binary", "docker"] | None = None
+        self._info: ServerInfo | None = None
         self._servers: list[RedisServer] = []
         self._root: Path | None = None
         self._tls: TLSFiles | None = None
@@ -94,7 +97,13 @@ class RedisLauncher:
         """
         with self._lock:
             if self._backend is None:
-                binary = self._binary or shutil.which("redis-server")
+                binary = find_binary(self._binary)
+                wanted = self._binary or os.environ.get(SERVER_ENV, "").strip()
+                if binary is None and wanted:
+                    raise RedisServerNotFoundError(
+                        f"server binary {wanted!r} not found or not executable "
+                        f"({'redis_server argument' if self._binary else SERVER_ENV})"
+                    )
                 if binary is not None:
                     self._binary, self._backend = binary, "binary"
                 elif docker_available():
@@ -102,6 +111,29 @@ class RedisLauncher:
                 else:
                     raise RedisServerNotFoundError(NOT_FOUND_MESSAGE)
             return self._backend
+
+    def server_info(self) -> ServerInfo | None:
+        """Name, version and capabilities of the binary (probed once); None under Docker.
+
+        Raises:
+            RedisServerNotFoundError: no binary and no Docker.
+        """
+        if self.backend() != "binary":
+            return None
+        with self._lock:
+            if self._info is None:
+                assert self._binary is not None
+                self._info = probe(self._binary)
+            return self._info
+
+    def require(self, capability: str) -> None:
+        """Raise `ServerCapabilityError` when the server binary lacks `capability`.
+
+        Capabilities: ``"tls"``, ``"sentinel"``, ``"sharded-pubsub"``.
+        """
+        info = self.server_info()
+        if info is not None:
+            info.require(capability)
 
     @property
     def servers(self) -> tuple[RedisServer, ...]:
@@ -142,10 +174,13 @@ class RedisLauncher:
 
         Raises:
             RedisServerNotFoundError: no binary, and no Docker (or an option Docker lacks).
+            ServerCapabilityError: ``tls=True`` on a binary built without TLS.
             RedisStartError: the server did not start; the message carries its log tail.
         """
         if tls_auth_clients and not tls:
             raise ValueError("tls_auth_clients=True needs tls=True")
+        if tls:
+            self.require("tls")
         node = functools.partial(
             DataNodeConfig,
             password=password,
@@ -194,11 +229,15 @@ class RedisLauncher:
 
         Raises:
             RedisServerNotFoundError: no redis-server binary (Docker is not enough here).
+            ServerCapabilityError: the binary cannot run Sentinel (or TLS, with ``tls=True``).
             RedisStartError: a node did not start.
             TimeoutError: the group did not form in time.
         """
         if self.backend() != "binary":
             raise RedisServerNotFoundError(_BINARY_ONLY.format(what="a Sentinel group"))
+        self.require("sentinel")
+        if tls:
+            self.require("tls")
         files = self.tls_files() if tls else None
         deadline = time.monotonic() + timeout
 
