@@ -22,11 +22,14 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message
 
 from resultstore import ResultStore, StoreClosedError, states
+from resultstore._compression import COMPRESSED_PAYLOAD_MAGIC
 from resultstore.fastapi import (
     ResultStoreDep,
     install_error_handlers,
@@ -38,6 +41,7 @@ from resultstore.fastapi import (
 )
 from resultstore.testing import RedisServer
 from support import armed
+from test_hostile import _documents
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -510,3 +514,32 @@ async def test_deep_nesting_is_502_not_500(store: ResultStore, redis_server: Red
     while value:
         depth, value = depth + 1, value[0]
     assert depth == MAX_DEPTH - 1  # the innermost list is empty
+
+
+def _no_constant(name: str) -> Any:
+    raise AssertionError(f"non-standard JSON constant {name} in a body")
+
+
+@settings(deadline=None, max_examples=120, suppress_health_check=list(HealthCheck))
+@given(
+    st.one_of(
+        _documents.map(lambda doc: json.dumps(doc).encode()),
+        st.binary(max_size=200),
+        st.builds(lambda b: COMPRESSED_PAYLOAD_MAGIC + b, st.binary(max_size=60)),
+    )
+)
+def test_fuzzed_stored_payloads_never_answer_500(payload: bytes) -> None:
+    """Whatever a third party stored (the hostile-input fuzzer's documents, random bytes,
+    compression magic with junk), the read and wait helpers answer a documented status with a
+    standard JSON body, never a 500."""
+
+    async def run() -> None:
+        store = ResultStore.from_url("memory://")
+        async with served(build_app(store)) as (client, _):
+            await store._backend.write(b"celery-task-meta-fz", payload, ttl_ms=None)
+            for path in ("/current/fz", "/results/fz?timeout=0"):
+                response = await client.get(path)
+                assert response.status_code in (200, 502, 504), (path, response.text)
+                json.loads(response.content, parse_constant=_no_constant)
+
+    asyncio.run(run())
