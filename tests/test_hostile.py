@@ -15,7 +15,7 @@ import math
 import subprocess
 import sys
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -491,13 +491,6 @@ def test_windowed_parse_equals_json_loads(
 
 
 # --- the reader lives on -----------------------------------------------------------------
-
-
-@pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis.asyncio.Redis(host=redis_server.host, port=redis_server.port)
-    async with client:
-        yield client
 
 
 HOSTILE_PAYLOADS = [

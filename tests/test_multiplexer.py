@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -55,14 +54,6 @@ def numsub_total(server: RedisServer, channels: list[str]) -> int:
     for i in range(0, len(channels), 1000):
         total += sum(count for _, count in client.pubsub_numsub(*channels[i : i + 1000]))
     return total
-
-
-@pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
-    """A separate connection, writing the way a Celery worker does (SET, then PUBLISH)."""
-    client = redis.asyncio.Redis(host=redis_server.host, port=redis_server.port)
-    async with client:
-        yield client
 
 
 async def celery_write(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -78,14 +78,6 @@ def elapsed(since: float) -> float:
 def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         task.cancel()
-
-
-@pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
-    """A separate connection to the server, writing the way a Celery worker does."""
-    client = redis.asyncio.Redis(host=redis_server.host, port=redis_server.port)
-    async with client:
-        yield client
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import bz2
 import gc
 import json
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,13 +32,6 @@ def rss() -> int:
     with open("/proc/self/statm") as statm:
         pages = int(statm.read().split()[1])
     return pages * 4096
-
-
-@pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis.asyncio.Redis(host=redis_server.host, port=redis_server.port)
-    async with client:
-        yield client
 
 
 async def publish_progress(
