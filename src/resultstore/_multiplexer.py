@@ -120,14 +120,14 @@ class Multiplexer:
         if self._subs.want(channel, asyncio.get_running_loop().time()):
             self._to_check[channel] = None
             self._check_wake.set()
-        elif self._subs.pending_output:
+        elif not self._wake.is_set() and self._subs.pending_output:
             self._wake.set()
         self._interest.set()
 
     def _on_leave(self, channel: bytes) -> None:
         self._subs.unwant(channel)
         self._to_check.pop(channel, None)
-        if self._subs.pending_output:
+        if not self._wake.is_set() and self._subs.pending_output:
             self._wake.set()
 
     # -- state, for the store ---------------------------------------------------------------------

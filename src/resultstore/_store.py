@@ -357,9 +357,13 @@ class ResultStore:
         fut = registry.waiter(channel, task_id)
         try:
             try:
+                if timeout is None:
+                    return await fut  # no timer at all: a pending wait costs less memory
                 async with asyncio.timeout(timeout):
                     return await fut
             except TimeoutError:
+                if timeout is None:
+                    raise  # not ours
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
                     return fut.result()  # the result won the race against the timeout
                 error: ResultStoreError = ResultTimeout(

@@ -104,7 +104,9 @@ class _Entry:
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         self.waiters: list[asyncio.Future[ResultMeta]] = []
-        self.watchers: list[Watcher] = []
+        # Most channels never get a watcher: the empty tuple until the first one (56 bytes less
+        # per pending wait; ``add`` and ``remove`` are the only writers).
+        self.watchers: list[Watcher] | tuple[()] = ()
 
 
 ChannelHook = Callable[[bytes], None]
@@ -180,7 +182,10 @@ class Registry:
         if entry is None:
             entry = self._entries[channel] = _Entry(task_id)
         if isinstance(receiver, Watcher):
-            entry.watchers.append(receiver)
+            if entry.watchers:
+                entry.watchers.append(receiver)
+            else:
+                entry.watchers = [receiver]
         else:
             entry.waiters.append(receiver)
         self._seq += 1
@@ -191,10 +196,10 @@ class Registry:
         entry = self._entries.get(channel)
         if entry is None:
             return
-        receivers: list[asyncio.Future[ResultMeta]] | list[Watcher]
+        receivers: list[asyncio.Future[ResultMeta]] | list[Watcher] | tuple[()]
         receivers = entry.watchers if isinstance(receiver, Watcher) else entry.waiters
         if receiver in receivers:
-            receivers.remove(receiver)  # type: ignore[arg-type]
+            receivers.remove(receiver)  # type: ignore[arg-type,union-attr]  # a list: it holds it
             if not entry.waiters and not entry.watchers:
                 del self._entries[channel]
                 self._on_leave(channel)
