@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-from collections.abc import Callable
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any, TypeVar
 
+import kombu.compression
 import pytest
+import redis
+from celery.result import AsyncResult
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from resultstore import ResultStore
+from resultstore import ResultStore, states
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository's root: the working directory of the processes :func:`started` runs."""
 
 
 async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -164,3 +179,145 @@ def attribute(obj: object, path: str) -> object:
     for name in path.split("."):
         obj = getattr(obj, name)
     return obj.get_secret_value() if isinstance(obj, SecretStr) else obj
+
+
+# --- child processes -------------------------------------------------------------------------
+
+
+class Process:
+    """A child process whose output goes to files (a full pipe can never block it)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, out: Path, err: Path) -> None:
+        self.proc = proc
+        self._out, self._err = out, err
+
+    @property
+    def stdout(self) -> str:
+        return self._out.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self._err.read_text()
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` unless the process has already ended."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signum)
+
+    async def wait(self, timeout: float) -> int:
+        """The exit code; fails the test (with the output) if the process runs past ``timeout``."""
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            pytest.fail(f"still running after {timeout} s\nstdout:\n{self.stdout}\n{self.stderr}")
+
+
+@asynccontextmanager
+async def started(
+    *args: str, url: str, tmp_path: Path, env: Mapping[str, str] | None = None
+) -> AsyncIterator[Process]:
+    """Run ``python *args`` in the repo root with ``RESULTSTORE_URL=url`` (and ``env``, added to
+    the environment without the caller's other RESULTSTORE_* variables); kill it at the end."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTSTORE_")}
+    child_env.update(env or {}, RESULTSTORE_URL=url)
+    name = uuid.uuid4().hex[:8]
+    out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    with out.open("wb") as out_file, err.open("wb") as err_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *args,
+            cwd=ROOT,
+            env=child_env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out_file,
+            stderr=err_file,
+            start_new_session=True,  # its own process group: killed as a whole below
+        )
+    try:
+        yield Process(proc, out, err)
+    finally:
+        if proc.returncode is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+def celery_worker(app: str) -> tuple[str, ...]:
+    """The ``python`` arguments of a real Celery worker for ``-A app``: one process (solo pool),
+    no 1 s wait for other workers' replies at startup, warnings and errors logged."""
+    return (
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        "--loglevel=warning",
+        "--without-mingle",
+        "--without-gossip",
+    )
+
+
+# --- Celery's stored results -------------------------------------------------------------------
+
+COMPRESSED_MAGIC = b"\x00celery-compressed\x00"
+"""``celery.backends.base.COMPRESSED_PAYLOAD_MAGIC``."""
+
+GUARD_COMPRESSIONS = ["gzip", "zlib", "bzip2", "lzma", "xz"]
+GUARD_COMPRESSIONS += [
+    name
+    for name, ctype in (("brotli", "application/x-brotli"), ("zstd", "application/zstd"))
+    if ctype in kombu.compression.encoders()  # type: ignore[no-untyped-call]  # only when their packages are installed
+]
+"""Every ``result_compression`` Celery 5.7 supports here (brotli and zstd need their packages)."""
+LATER_STATES = [states.SUCCESS, states.FAILURE, states.REVOKED, states.STARTED, "PROGRESS"]
+"""The states a late ``set()`` may try to store over a SUCCESS."""
+
+
+def later_value(state: str) -> Any:
+    return RuntimeError("late") if state in states.EXCEPTION_STATES else {"late": state}
+
+
+def key_of(task_id: str, prefix: str = "") -> str:
+    return f"{prefix}celery-task-meta-{task_id}"
+
+
+def raw_of(admin: redis.Redis, task_id: str) -> bytes:
+    raw = admin.get(key_of(task_id))
+    assert isinstance(raw, bytes)
+    return raw
+
+
+def reordered(raw: bytes, *, pad: int = 0) -> bytes:
+    """Celery's stored document with "status" moved last (and ``pad`` bytes of extra field)."""
+    doc = json.loads(raw)
+    status = doc.pop("status")
+    if pad:
+        doc["padding"] = "x" * pad
+    doc["status"] = status
+    return json.dumps(doc).encode()
+
+
+def close_backend(backend: Any) -> None:
+    """Close a Celery Redis backend's Pub/Sub consumer and every pooled connection."""
+    backend.result_consumer.stop()
+    backend.client.connection_pool.disconnect()
+
+
+async def in_thread(app: Any, call: Callable[[], T]) -> T:
+    """Run a blocking Celery client call in a thread of its own; close that thread's backend."""
+
+    def run() -> T:
+        try:
+            return call()
+        finally:
+            close_backend(app.backend)  # created for this thread (not thread_safe by default)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-client") as pool:
+        return await asyncio.get_running_loop().run_in_executor(pool, run)
+
+
+def celery_get(app: Any, task_id: str, **options: Any) -> Any:
+    """``AsyncResult.get`` as a Celery client calls it (in the calling thread)."""
+    return AsyncResult(task_id, app=app).get(timeout=10, **options)

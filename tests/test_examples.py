@@ -17,8 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,75 +29,13 @@ from asgi_lifespan import LifespanManager
 
 from resultstore import ResultMeta, ResultStore, states
 from resultstore.testing import RedisLauncher, RedisServer
-from support import armed, until
+from support import ROOT, armed, celery_worker, started, until
 
 pytestmark = pytest.mark.timeout(90)
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 QUEUE = "resultstore-demo:jobs"
 """The job list of examples/worker.py."""
-
-
-class Process:
-    """A child process whose output goes to files (a full pipe can never block it)."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, out: Path, err: Path) -> None:
-        self.proc = proc
-        self._out, self._err = out, err
-
-    @property
-    def stdout(self) -> str:
-        return self._out.read_text()
-
-    @property
-    def stderr(self) -> str:
-        return self._err.read_text()
-
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` unless the process has already ended."""
-        if self.proc.returncode is None:
-            self.proc.send_signal(signum)
-
-    async def wait(self, timeout: float) -> int:
-        """The exit code; fails the test (with the output) if the process runs past ``timeout``."""
-        try:
-            return await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            pytest.fail(f"still running after {timeout} s\nstdout:\n{self.stdout}\n{self.stderr}")
-
-
-@asynccontextmanager
-async def started(*args: str, url: str, tmp_path: Path) -> AsyncIterator[Process]:
-    """Run ``python *args`` in the repo root with ``RESULTSTORE_URL=url``; kill it at the end."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTSTORE_")}
-    env["RESULTSTORE_URL"] = url
-    name = uuid.uuid4().hex[:8]
-    out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
-    with out.open("wb") as out_file, err.open("wb") as err_file:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *args,
-            cwd=ROOT,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out_file,
-            stderr=err_file,
-            start_new_session=True,  # its own process group: killed as a whole below
-        )
-    try:
-        yield Process(proc, out, err)
-    finally:
-        if proc.returncode is None:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-
-
-@pytest.fixture
-async def store(redis_server: RedisServer) -> AsyncIterator[ResultStore]:
-    async with ResultStore.from_url(redis_server.url) as opened:
-        yield opened
 
 
 def new_id() -> str:
@@ -283,18 +220,7 @@ async def test_celery_interop_example(
     """A real Celery worker computes; the FastAPI handler awaits the result with the store
     built from the Celery app's configuration; a failing task answers 502 with its error, and
     a task nobody runs answers 504."""
-    worker = (
-        "-m",
-        "celery",
-        "-A",
-        "examples.celery_interop",
-        "worker",
-        "--pool=solo",
-        "--concurrency=1",
-        "--loglevel=warning",
-        "--without-mingle",  # no 1 s wait for other workers' replies at startup
-        "--without-gossip",
-    )
+    worker = celery_worker("examples.celery_interop")
     async with (
         started(*worker, url=redis_server.url, tmp_path=tmp_path) as proc,
         LifespanManager(celery_example.api) as manager,

@@ -20,13 +20,11 @@ import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import celery
-import kombu.compression
 import pytest
 import redis
 from celery.app.task import Context
@@ -34,7 +32,20 @@ from celery.result import AsyncResult
 
 from resultstore import ResultMeta, ResultStore, TaskFailed, states
 from resultstore.testing import RedisServer
-from support import armed, until
+from support import (
+    COMPRESSED_MAGIC,
+    GUARD_COMPRESSIONS,
+    LATER_STATES,
+    armed,
+    celery_get,
+    close_backend,
+    in_thread,
+    key_of,
+    later_value,
+    raw_of,
+    reordered,
+    until,
+)
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -42,12 +53,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning"),
 ]
 
-T = TypeVar("T")
 MakeApp = Callable[..., Any]
 """``make_app(**conf)``: a Celery app on the test's server, closed at the end of the test."""
 
-COMPRESSED_MAGIC = b"\x00celery-compressed\x00"
-"""``celery.backends.base.COMPRESSED_PAYLOAD_MAGIC``."""
 CELERY_CLIENT = "celery-interop"
 """CLIENT SETNAME of every connection the Celery apps open."""
 TRACEBACK = 'Traceback (most recent call last):\n  File "tasks.py", line 3\nValueError: boom\n'
@@ -55,10 +63,6 @@ TRACEBACK = 'Traceback (most recent call last):\n  File "tasks.py", line 3\nValu
 
 class QuotaExceeded(Exception):
     """An application exception that Celery can import (its module is this test module)."""
-
-
-def key_of(task_id: str, prefix: str = "") -> str:
-    return f"{prefix}celery-task-meta-{task_id}"
 
 
 def new_id() -> str:
@@ -96,25 +100,6 @@ async def server(redis_server: RedisServer) -> AsyncIterator[RedisServer]:
 
 
 @pytest.fixture
-def admin(server: RedisServer) -> Iterator[redis.Redis]:
-    """A sync admin client that returns raw bytes."""
-    with server.client(decode_responses=False) as client:
-        yield client
-
-
-@pytest.fixture
-async def store(server: RedisServer) -> AsyncIterator[ResultStore]:
-    async with ResultStore.from_url(server.url) as opened:
-        yield opened
-
-
-def close_backend(backend: Any) -> None:
-    """Close a Celery Redis backend's Pub/Sub consumer and every pooled connection."""
-    backend.result_consumer.stop()
-    backend.client.connection_pool.disconnect()
-
-
-@pytest.fixture
 def make_app(server: RedisServer) -> Iterator[MakeApp]:
     """Celery apps with the Redis result backend on the test's server and no broker."""
     apps: list[Any] = []
@@ -131,24 +116,6 @@ def make_app(server: RedisServer) -> Iterator[MakeApp]:
         # Celery's producer pool is the only path to a broker connection; nothing opened it.
         assert app._pool is None, "a result backend operation opened a broker connection"
         app.close()
-
-
-async def in_thread(app: Any, call: Callable[[], T]) -> T:
-    """Run a blocking Celery client call in a thread of its own; close that thread's backend."""
-
-    def run() -> T:
-        try:
-            return call()
-        finally:
-            close_backend(app.backend)  # created for this thread (not thread_safe by default)
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-client") as pool:
-        return await asyncio.get_running_loop().run_in_executor(pool, run)
-
-
-def celery_get(app: Any, task_id: str, **options: Any) -> Any:
-    """``AsyncResult.get`` as a Celery client calls it (in the calling thread)."""
-    return AsyncResult(task_id, app=app).get(timeout=10, **options)
 
 
 def numsub(admin: redis.Redis, channel: str) -> int:
@@ -589,18 +556,6 @@ async def test_no_connection_outlives_a_closed_store_or_celery_backend(
 
 # --- the SUCCESS guard against every payload Celery writes ------------------------------------
 
-GUARD_COMPRESSIONS = ["gzip", "zlib", "bzip2", "lzma", "xz"]
-GUARD_COMPRESSIONS += [
-    name
-    for name, ctype in (("brotli", "application/x-brotli"), ("zstd", "application/zstd"))
-    if ctype in kombu.compression.encoders()  # type: ignore[no-untyped-call]  # only when their packages are installed
-]
-LATER_STATES = [states.SUCCESS, states.FAILURE, states.REVOKED, states.STARTED, "PROGRESS"]
-
-
-def later_value(state: str) -> Any:
-    return RuntimeError("late") if state in states.EXCEPTION_STATES else {"late": state}
-
 
 @pytest.mark.parametrize("state", LATER_STATES)
 @pytest.mark.parametrize("compression", GUARD_COMPRESSIONS)
@@ -632,22 +587,6 @@ async def test_compressed_celery_progress_is_overwritten(
     assert raw_of(admin, task_id).startswith(COMPRESSED_MAGIC)
     assert await store.set(task_id, "done") is True
     assert (await store.get(task_id)).result == "done"
-
-
-def raw_of(admin: redis.Redis, task_id: str) -> bytes:
-    raw = admin.get(key_of(task_id))
-    assert isinstance(raw, bytes)
-    return raw
-
-
-def reordered(raw: bytes, *, pad: int = 0) -> bytes:
-    """Celery's stored document with "status" moved last (and ``pad`` bytes of extra field)."""
-    doc = json.loads(raw)
-    status = doc.pop("status")
-    if pad:
-        doc["padding"] = "x" * pad
-    doc["status"] = status
-    return json.dumps(doc).encode()
 
 
 @pytest.mark.parametrize("pad", [0, 200_000], ids=["small", "large"])
