@@ -6,6 +6,7 @@ Standard library and ``redis`` only: ``peer_arq`` imports this module from arq's
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -14,11 +15,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import redis
@@ -30,6 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 """The repository root: scenario modules run as ``python -m benchmarks.X`` from here."""
 TTL_MS = 600_000
 """Every result written by a benchmark expires after 10 minutes."""
+LOOPS = ("asyncio", "uvloop")
+"""The event loops a scenario taking ``--loop`` runs on (`run_on`)."""
+
+_T = TypeVar("_T")
 
 
 def celery_doc(task_id: str, result: Any) -> bytes:
@@ -114,12 +119,35 @@ def run_json(cmd: Sequence[str]) -> dict[str, Any]:
     return result
 
 
-def scenario_args(description: str) -> argparse.ArgumentParser:
-    """The arguments every scenario module takes: the server URL and ``--quick``."""
+def scenario_args(description: str, *, loops: bool = False) -> argparse.ArgumentParser:
+    """The arguments every scenario module takes: the server URL and ``--quick``.
+
+    With ``loops``, also ``--loop`` (one of `LOOPS`, default asyncio), for `run_on`: the
+    scenarios measured on every setup (wake and throughput) take it.
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--url", required=True, help="redis://host:port/0 of a throwaway server")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and samples")
+    if loops:
+        parser.add_argument("--loop", choices=LOOPS, default="asyncio", help="the event loop")
     return parser
+
+
+def run_on(loop: str, main: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run(main)`` on a new event loop of kind ``loop`` (one of `LOOPS`).
+
+    Everything the scenario runs, floor and store alike, shares that loop. uvloop is imported
+    only when asked for (arq's venv, which imports this module, lacks it).
+    """
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    elif loop != "asyncio":
+        raise ValueError(f"unknown event loop {loop!r}; known: {', '.join(LOOPS)}")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 class Producer:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Row", "chart", "rows", "table"]
+__all__ = ["ON_EVERY_SETUP", "Row", "chart", "rows", "table"]
+
+ON_EVERY_SETUP = {"wake": "1 wake latency", "throughput": "2 throughput"}
+"""The scenarios also run on the other setups (event loop, server), with their table labels."""
 
 
 @dataclass(frozen=True)
@@ -22,8 +26,10 @@ class Row:
     ratio: str
     target: str = ""
     met: bool | None = None  # None: no target, shown for information
+    setup: str = ""  # event loop and server, e.g. "uvloop 0.23.0, Redis 7.0.15"
 
     def as_dict(self) -> dict[str, Any]:
+        """The row as a plain dict (for the JSON)."""
         return asdict(self)
 
 
@@ -55,7 +61,7 @@ def _wake(data: dict[str, Any]) -> list[Row]:
             target, met = ("", None) if bound is None else _check(ratio, bound, at_most=True)
             out.append(
                 Row(
-                    "1 wake latency",
+                    ON_EVERY_SETUP["wake"],
                     f"{label} @ {int(n):,} waiters",
                     _ms(store[key]),
                     f"floor {_ms(floor[key])}",
@@ -71,7 +77,7 @@ def _throughput(data: dict[str, Any]) -> list[Row]:
     target, met = _check(data["ratio"], 0.8, at_most=False)
     return [
         Row(
-            "2 throughput",
+            ON_EVERY_SETUP["throughput"],
             f"completions/s, {data['waiters']:,} waiters",
             _num(data["store_per_s"]),
             f"floor {_num(data['floor_per_s'])}",
@@ -240,7 +246,10 @@ def _peers(data: dict[str, Any]) -> list[Row]:
     return out
 
 
-_BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+_Builder = Callable[[dict[str, Any]], list[Row]]
+"""Turns a scenario's JSON into its rows."""
+
+_BUILDERS: dict[str, _Builder] = {
     "wake": _wake,
     "throughput": _throughput,
     "arming": _arming,
@@ -250,21 +259,53 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
 }
 
 
-def rows(results: dict[str, dict[str, Any]]) -> list[Row]:
-    """Every row of every scenario present in ``results``."""
+def rows(results: dict[str, dict[str, Any]], setup: str = "") -> list[Row]:
+    """Every row of every scenario present in ``results``, labelled with the run's ``setup``.
+
+    ``results["setups"]`` holds the other setups, by name: ``{"label": "uvloop 0.23.0, Redis
+    7.0.15", "wake": {...}, "throughput": {...}}``, or ``{"label": ..., "skipped": why}``. Each
+    of their rows comes right after the main run's row of the same measure, without a target
+    (the targets are the main run's); a setup that did not run gets a "skipped" row saying why.
+    """
+    others: list[dict[str, Any]] = list(results.get("setups", {}).values())
     out: list[Row] = []
     for name, build in _BUILDERS.items():
-        if name in results:
-            out += build(results[name])
+        mine = [replace(r, setup=setup) for r in build(results[name])] if name in results else []
+        groups = [mine, *(_other_rows(name, build, other) for other in others)]
+        out += [r for line in itertools.zip_longest(*groups) for r in line if r is not None]
+        if name in ON_EVERY_SETUP:
+            out += [_skipped(name, other) for other in others if "skipped" in other]
     return out
+
+
+def _other_rows(name: str, build: _Builder, other: dict[str, Any]) -> list[Row]:
+    """Another setup's rows of scenario ``name``, for information (without a target)."""
+    if name not in other:
+        return []
+    return [replace(r, target="", met=None, setup=other["label"]) for r in build(other[name])]
+
+
+def _skipped(name: str, other: dict[str, Any]) -> Row:
+    """The row saying why another setup did not run (one per scenario it would have run)."""
+    return Row(ON_EVERY_SETUP[name], "skipped", "-", other["skipped"], "-", setup=other["label"])
 
 
 def table(all_rows: list[Row]) -> str:
     """A Markdown table (readable as plain text too)."""
-    head = ("Scenario", "Measure", "Store", "Reference (same run)", "Ratio", "Target", "Met")
+    head = (
+        "Scenario",
+        "Loop, server",
+        "Measure",
+        "Store",
+        "Reference (same run)",
+        "Ratio",
+        "Target",
+        "Met",
+    )
     body = [
         (
             r.scenario,
+            r.setup,
             r.measure,
             r.store,
             r.reference,

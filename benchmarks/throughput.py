@@ -4,6 +4,8 @@ The producer (its own process) pipelines ``BATCH`` SET+PUBLISH per round trip wi
 round's rate is ``N / (last waiter woken - first write stamp)``: every payload is decoded on the
 way (the floor runs ``json.loads``, the store its full decode into a ``ResultMeta``). Rounds
 alternate floor and store (ABBA); each side's figure is the median over its rounds.
+
+``--loop uvloop`` runs it all, floor and store, on uvloop (`_common.run_on`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,17 @@ import redis.asyncio as aioredis
 
 from resultstore import ResultStore
 
-from ._common import KEY_PREFIX, Producer, async_client, emit, median, new_ids, now, scenario_args
+from ._common import (
+    KEY_PREFIX,
+    Producer,
+    async_client,
+    emit,
+    median,
+    new_ids,
+    now,
+    run_on,
+    scenario_args,
+)
 from ._waiting import settle, store_armed
 from .floor import FloorSubscriber
 
@@ -84,6 +96,7 @@ async def main(url: str, producer: Producer, *, quick: bool) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    args = scenario_args(__doc__ or "").parse_args()
+    args = scenario_args(__doc__ or "", loops=True).parse_args()
     with Producer(args.url) as producer_:
-        emit({"scenario": "throughput", **asyncio.run(main(args.url, producer_, quick=args.quick))})
+        result = run_on(args.loop, main(args.url, producer_, quick=args.quick))
+    emit({"scenario": "throughput", "loop": args.loop, **result})

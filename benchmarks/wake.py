@@ -10,6 +10,8 @@ Output per size and side: the pooled samples (for the chart) and each round's p5
 neighbour's burst of CPU use spoils the tail of the round it lands in, so the figures are medians
 over rounds of the per-round p50, p99 and max, and each ratio is the median over the ABBA pairs of
 store / floor (the two rounds of a pair run back to back).
+
+``--loop uvloop`` runs it all, floor and store, on uvloop (`_common.run_on`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ._common import (
     median,
     new_ids,
     now,
+    run_on,
     scenario_args,
 )
 from ._waiting import settle, store_armed, store_idle
@@ -161,6 +164,7 @@ def _figures(per_round: dict[str, list[list[float]]]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    args = scenario_args(__doc__ or "").parse_args()
+    args = scenario_args(__doc__ or "", loops=True).parse_args()
     with Producer(args.url) as producer_:
-        emit({"scenario": "wake", **asyncio.run(main(args.url, producer_, quick=args.quick))})
+        result = run_on(args.loop, main(args.url, producer_, quick=args.quick))
+    emit({"scenario": "wake", "loop": args.loop, **result})
