@@ -251,9 +251,19 @@ async def test_down_past_reconnect_timeout_fails_waiters_then_recovers(
         with pytest.raises(StoreConnectionError):
             await late
         redis_server.restart()
-        # Until the link is back, new waits fail at once (the outage is known); then they work.
+        # Until the link has confirmed a subscription again, new waits fail at once (the
+        # outage is known); then they work.
         await until(lambda: store.statistics().connected, timeout=30)
-        again = asyncio.create_task(store.wait_for("back", timeout=30))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:
+            again = asyncio.create_task(store.wait_for("back", timeout=30))
+            await asyncio.sleep(0.1)
+            if not again.done():
+                break
+            with pytest.raises(StoreConnectionError):
+                await again
+            assert loop.time() < deadline, "new waits still fail 10 s after the link came back"
         await armed(store, 1, timeout=30)
         await store.set("back", "yes")
         assert (await again).result == "yes"

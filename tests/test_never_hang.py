@@ -116,6 +116,29 @@ async def test_unconfirmed_subscription_fails_a_waiter_after_reconnect_timeout(
 
 
 @pytest.mark.timeout(30)
+async def test_unconfirmed_subscription_is_a_known_outage_for_new_calls(
+    no_subscribe_server: RedisServer,
+) -> None:
+    """Once the give-up clock has run out on a link that connects but never confirms, the
+    outage stays known although no waiter is left (and the TCP connection is fine): a new
+    wait_for raises StoreConnectionError at once, not after another reconnect_timeout."""
+    loop = asyncio.get_running_loop()
+    async with ResultStore.from_url(no_subscribe_server.url, reconnect_timeout=3) as store:
+        first = store.wait_for("first", timeout=30)
+        [failed] = await settle([first], since=loop.time(), within=3 + SLACK, what="first")
+        assert isinstance(failed, StoreConnectionError), failed
+        for task_id in ("second", "third"):
+            [outcome] = await settle(
+                [store.wait_for(task_id, timeout=30)],
+                since=loop.time(),
+                within=1.0,
+                what=f"wait_for({task_id!r}) in a known outage",
+            )
+            assert isinstance(outcome, StoreConnectionError), outcome
+            await asyncio.sleep(1.0)  # a reconnect or two later: still known
+
+
+@pytest.mark.timeout(30)
 async def test_unconfirmed_subscription_still_serves_a_stored_result(
     no_subscribe_server: RedisServer,
 ) -> None:

@@ -41,7 +41,7 @@ from ._exceptions import (
 )
 from ._health import HealthClock, Liveness, budget
 from ._resp import pack, reply_reader
-from ._subscriptions import Command, LinkError, ProtocolViolation, Subscriptions
+from ._subscriptions import ChannelState, Command, LinkError, ProtocolViolation, Subscriptions
 from ._waiters import CheckToken, Decoded, Registry, needs_offload
 
 __all__ = ["Multiplexer"]
@@ -69,6 +69,8 @@ class Multiplexer:
         fetch: reads keys for checks (redis-py's errors untranslated).
         close_reader: drops the reader's connection (called when the link is lost: it is
             probably dead too, and a check stuck on it would wait for its socket timeout).
+        probe: a channel (a key nobody writes) wanted while an outage is declared: every waiter
+            was failed, so only its confirmation and read can show that the link works again.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class Multiplexer:
         fetch: Fetch,
         close_reader: Callable[[], Awaitable[None]],
         *,
+        probe: bytes,
         ping_interval: float,
         ping_timeout: float,
         reconnect_timeout: float,
@@ -94,6 +97,8 @@ class Multiplexer:
         self._connect_timeout = connect_timeout
         self._subs = Subscriptions()
         self._clock = HealthClock(limit=reconnect_timeout)
+        self._probe = probe
+        self._probing = False
         self._down_since: float | None = None  # not connected since (its last answer), once started
         self._liveness: Liveness | None = None
         self._conn: AbstractConnection | None = None
@@ -148,8 +153,10 @@ class Multiplexer:
         return self._clock.outage
 
     def subscribed(self) -> int:
-        """Channels the server has confirmed and not yet been asked to drop."""
-        return self._subs.confirmed()
+        """Channels the server has confirmed and not yet been asked to drop (the outage probe
+        not counted)."""
+        probe = self._subs.state(self._probe) in (ChannelState.CHECKING, ChannelState.SUBSCRIBED)
+        return self._subs.confirmed() - probe
 
     def outage_error(self, task_id: str | None) -> StoreConnectionError:
         """The error a waiter gets when the clock has run out."""
@@ -240,6 +247,16 @@ class Multiplexer:
         if self._clock.observe(asyncio.get_running_loop().time(), since):
             failed = self._registry.fail_all(self.outage_error)
             logger.warning("resultstore gave up on %d waited task(s): %s", failed, self._last_error)
+            # With every waiter gone nothing is wanted, and a link that connects but never
+            # confirms a subscription would look healthy: the probe, unsettled since the outage
+            # began, keeps the outage declared until a subscription is confirmed and read again.
+            self._probing = True
+            self._subs.want(self._probe, since if since is not None else 0.0)
+            self._wake.set()
+        elif self._probing and not self._clock.outage:
+            self._probing = False
+            self._subs.unwant(self._probe)
+            self._wake.set()
 
     # -- one link ----------------------------------------------------------------------------------
 
@@ -429,7 +446,7 @@ class Multiplexer:
                 # clock fails the waiters if this takes too long).
                 attempt += 1
                 await anyio.sleep(_backoff(attempt))
-                batch = [channel for channel in batch if channel in registry]
+                batch = [channel for channel in batch if self._subs.wants(channel)]
                 continue
             watched = []
             for channel, value in zip(batch, values, strict=True):

@@ -202,6 +202,10 @@ class Subscriptions:
         """Channels somebody wants."""
         return frozenset(self._wanted)
 
+    def wants(self, channel: bytes) -> bool:
+        """Whether somebody wants ``channel``."""
+        return channel in self._wanted
+
     @property
     def healthy(self) -> bool:
         """Up, and every wanted channel confirmed and read."""

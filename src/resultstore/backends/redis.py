@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -29,6 +30,7 @@ from .._exceptions import (
     WriteOutcomeUnknown,
 )
 from .._guard import SCRIPT_DECODE_LIMIT, stored_status
+from .._keys import KeyScheme
 from .._multiplexer import Multiplexer
 from .._reader import KeyReader
 from .._secrets import SecretFilter
@@ -102,6 +104,9 @@ class RedisBackend:
             registry,
             self._reader.mget,
             self._reader.aclose,
+            probe=KeyScheme(settings.global_keyprefix, settings.key_prefix).key(
+                f"resultstore-probe-{uuid.uuid4().hex}"
+            ),
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
             reconnect_timeout=settings.reconnect_timeout,
