@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Literal
 
 from ._capabilities import SERVER_ENV, ServerInfo, find_binary, probe
+from ._cluster import ClusterHarness
 from ._config import DataNodeConfig, SentinelConfig
 from ._docker import ContainerBackend, docker_available
 from ._ports import allocate_cluster_port, allocate_port
@@ -298,6 +299,60 @@ class RedisLauncher:
         )
         group.wait_formed(max(deadline - time.monotonic(), 0.0))
         return group
+
+    def cluster(
+        self,
+        *,
+        primaries: int = 3,
+        replicas_per_primary: int = 1,
+        tls: bool = False,
+        password: str | None = None,
+        acl_users: Sequence[str] = (),
+        node_timeout: int = 1500,
+        timeout: float = 30.0,
+    ) -> ClusterHarness:
+        """Start a Redis Cluster; return once every node agrees on it and replicas are synced.
+
+        Args:
+            primaries: primaries; they share the 16384 slots evenly, in order.
+            replicas_per_primary: replicas of each primary.
+            tls: TLS only, for clients, replication and the cluster bus.
+            password: the default user's ``requirepass`` (and ``masterauth``).
+            acl_users: raw ACL rules, as for `start`.
+            node_timeout: ``cluster-node-timeout`` in ms: a killed primary is replaced after
+                about twice that.
+            timeout: seconds for the cluster to form.
+
+        Raises:
+            RedisServerNotFoundError: no redis-server binary (Docker is not enough here).
+            ServerCapabilityError: ``tls=True`` on a binary built without TLS.
+            RedisStartError: a node did not start.
+            TimeoutError: the cluster did not form in time.
+        """
+        if self.backend() != "binary":
+            raise RedisServerNotFoundError(_BINARY_ONLY.format(what="a cluster"))
+        if primaries < 1 or replicas_per_primary < 0:
+            raise ValueError("a cluster needs primaries >= 1 and replicas_per_primary >= 0")
+        deadline = time.monotonic() + timeout
+        nodes: list[RedisServer] = []
+        try:
+            while len(nodes) < primaries * (1 + replicas_per_primary):
+                node = self.start(
+                    tls=tls,
+                    password=password,
+                    acl_users=acl_users,
+                    appendonly=True,  # a restarted primary keeps its data
+                    cluster_node_timeout=node_timeout,
+                )
+                nodes.append(node)
+            files = self.tls_files() if tls else None
+            cluster = ClusterHarness(nodes, password=password, tls=files, node_timeout=node_timeout)
+            cluster.form(primaries, replicas_per_primary, max(deadline - time.monotonic(), 0.0))
+        except BaseException:
+            for node in nodes:
+                node.kill()
+            raise
+        return cluster
 
     def close(self) -> None:
         """Kill every server this launcher started and remove its directories (idempotent)."""
