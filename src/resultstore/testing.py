@@ -16,7 +16,10 @@ This module is a pytest plugin (entry point ``resultstore``): installing results
 the fixtures below available, none of them autouse. ``redis_launcher`` (session) owns every
 process; ``redis_server``, ``redis_unix_server``, ``redis_auth_server``,
 ``redis_tls_server``, ``redis_mtls_server`` and ``redis_sentinel`` give each test fresh
-servers. A failed test's report gets the log tail of every server it used.
+servers; ``redis_cluster``, ``redis_tls_cluster`` and ``redis_auth_cluster`` a fresh Redis
+Cluster (`ClusterHarness`: 3 primaries, 3 replicas, about 2 s to form) that a test may reshard
+(``migrate_slot``), fail over, ``kill`` and ``restart``. A failed test's report gets the log
+tail of every server it used.
 
 No server outlives the session: the launcher's `close` runs in the fixture's finalizer and at
 exit, and on Linux the kernel kills the servers when the test process dies, even by SIGKILL.
@@ -26,9 +29,10 @@ and its version. Without a binary the plain servers run in Docker (testcontainer
 either, the fixtures skip, or fail when the environment variable ``CI`` is ``true``.
 
 A test that needs what the server cannot do (TLS on a build without it, Sentinel, sharded
-Pub/Sub before 7.0) is skipped with a reason that starts with "server lacks capability", also
-under ``CI=true``; ``@pytest.mark.server_capability("tls")`` declares such a need up front.
-Under ``CI=true`` those are the only skips allowed: any other skip fails the test.
+Pub/Sub before 7.0, which every cluster fixture needs) is skipped with a reason that starts
+with "server lacks capability", also under ``CI=true``;
+``@pytest.mark.server_capability("tls")`` declares such a need up front. Under ``CI=true``
+those are the only skips allowed: any other skip fails the test.
 
 ``--event-loop=uvloop`` (or ``RESULTSTORE_TEST_LOOP=uvloop``) runs every test, and every
 ``asyncio.run`` in the test process, on uvloop.
@@ -37,10 +41,11 @@ Under ``CI=true`` those are the only skips allowed: any other skip fails the tes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 from collections.abc import Callable, Generator, Iterator
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -52,6 +57,7 @@ from ._harness._capabilities import (
     find_binary,
     probe,
 )
+from ._harness._cluster import ClusterHarness
 from ._harness._launcher import RedisLauncher
 from ._harness._sentinel import SentinelGroup
 from ._harness._server import RedisServer, RedisServerNotFoundError, RedisStartError
@@ -62,6 +68,7 @@ __all__ = [
     "AUTH_USER",
     "AUTH_USER_PASSWORD",
     "AUTH_USER_RULE",
+    "ClusterHarness",
     "RedisLauncher",
     "RedisServer",
     "RedisServerNotFoundError",
@@ -70,11 +77,14 @@ __all__ = [
     "ServerCapabilityError",
     "ServerInfo",
     "TLSFiles",
+    "redis_auth_cluster",
     "redis_auth_server",
+    "redis_cluster",
     "redis_launcher",
     "redis_mtls_server",
     "redis_sentinel",
     "redis_server",
+    "redis_tls_cluster",
     "redis_tls_server",
     "redis_unix_server",
     "server_info",
@@ -235,6 +245,50 @@ def redis_sentinel(
             node.kill()
 
 
+def _start_cluster(
+    request: pytest.FixtureRequest, launcher: RedisLauncher, **options: Any
+) -> Iterator[ClusterHarness]:
+    def start() -> ClusterHarness:
+        # The cluster support of resultstore is built on sharded Pub/Sub (Redis 7.0+).
+        launcher.require("sharded-pubsub")
+        return launcher.cluster(**{**options, **getattr(request, "param", {})})
+
+    with contextlib.closing(_or_unavailable(start)) as cluster:
+        _record(request, *cluster.nodes)
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(
+    redis_launcher: RedisLauncher, request: pytest.FixtureRequest
+) -> Iterator[ClusterHarness]:
+    """A fresh, settled Redis Cluster: 3 primaries, 1 replica each; all killed after the test.
+
+    Other shapes by indirect parametrization with `RedisLauncher.cluster` arguments:
+    ``@pytest.mark.parametrize("redis_cluster", [{"primaries": 2}], indirect=True)``.
+    Skips, naming the capability, on servers without sharded Pub/Sub (before Redis 7.0).
+    """
+    yield from _start_cluster(request, redis_launcher)
+
+
+@pytest.fixture
+def redis_tls_cluster(
+    redis_launcher: RedisLauncher, request: pytest.FixtureRequest
+) -> Iterator[ClusterHarness]:
+    """Like `redis_cluster`, TLS only (clients, replication and cluster bus); see `.tls`."""
+    yield from _start_cluster(request, redis_launcher, tls=True)
+
+
+@pytest.fixture
+def redis_auth_cluster(
+    redis_launcher: RedisLauncher, request: pytest.FixtureRequest
+) -> Iterator[ClusterHarness]:
+    """Like `redis_cluster`, with the users of `redis_auth_server` (`url_for` works alike)."""
+    yield from _start_cluster(
+        request, redis_launcher, password=AUTH_PASSWORD, acl_users=[AUTH_USER_RULE]
+    )
+
+
 def _servers_of(item: pytest.Item) -> list[RedisServer]:
     """The servers a test used: recorded by our fixtures, or fixture values of other ones."""
     recorded = item.stash.get(_USED_SERVERS, [])
@@ -242,7 +296,7 @@ def _servers_of(item: pytest.Item) -> list[RedisServer]:
     for value in getattr(item, "funcargs", {}).values():
         if isinstance(value, RedisServer):
             found.append(value)
-        elif isinstance(value, SentinelGroup):
+        elif isinstance(value, SentinelGroup | ClusterHarness):
             found.extend(value.nodes)
     unique: dict[int, RedisServer] = {}
     for server in found:

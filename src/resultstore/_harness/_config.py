@@ -44,6 +44,20 @@ def _tls_files(tls: TLSFiles) -> list[str]:
     ]
 
 
+def _cluster(node_timeout: int, *, tls: bool) -> list[str]:
+    lines = [
+        "cluster-enabled yes",
+        "cluster-config-file nodes.conf",
+        f"cluster-node-timeout {node_timeout}",
+        # A replica always offers itself for promotion, however long its link was down,
+        # and stays with the primary the harness gave it.
+        "cluster-replica-validity-factor 0",
+        "cluster-allow-replica-migration no",
+    ]
+    # The bus (and MIGRATE) speak TLS too; the bus port is then the tls-port + 10000.
+    return [*lines, "tls-cluster yes"] if tls else lines
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataNodeConfig:
     """Options of a (non-sentinel) redis-server; `render` turns them into redis.conf text."""
@@ -57,6 +71,7 @@ class DataNodeConfig:
     tls_auth_clients: bool = False
     appendonly: bool = False
     replicaof: tuple[str, int] | None = None
+    cluster_node_timeout: int | None = None
     extra_config: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def render(self) -> str:
@@ -83,6 +98,8 @@ class DataNodeConfig:
         lines.append("repl-diskless-sync-delay 0")
         if self.replicaof is not None:
             lines.append(f"replicaof {self.replicaof[0]} {self.replicaof[1]}")
+        if self.cluster_node_timeout is not None:
+            lines += _cluster(self.cluster_node_timeout, tls=self.tls is not None)
         lines += [f"{key} {value}" for key, value in self.extra_config.items()]
         return "\n".join(lines) + "\n"
 

@@ -16,9 +16,10 @@ from types import TracebackType
 from typing import Literal
 
 from ._capabilities import SERVER_ENV, ServerInfo, find_binary, probe
+from ._cluster import ClusterHarness
 from ._config import DataNodeConfig, SentinelConfig
 from ._docker import ContainerBackend, docker_available
-from ._ports import allocate_port
+from ._ports import allocate_cluster_port, allocate_port
 from ._process import ProcessBackend
 from ._sentinel import SentinelGroup, wait_until
 from ._server import RedisServer, RedisServerNotFoundError, RedisStartError
@@ -157,6 +158,7 @@ class RedisLauncher:
         tls: bool = False,
         tls_auth_clients: bool = False,
         appendonly: bool = False,
+        cluster_node_timeout: int | None = None,
         extra_config: Mapping[str, str] | None = None,
     ) -> RedisServer:
         """Start one redis-server on a free loopback port; return once it answers PING.
@@ -170,6 +172,9 @@ class RedisLauncher:
             tls_auth_clients: require client certificates (mutual TLS); needs ``tls=True``.
             appendonly: ``appendonly yes`` (data survives `RedisServer.restart`);
                 otherwise ``save ""``: nothing is persisted.
+            cluster_node_timeout: make it a cluster node (``cluster-enabled yes``) with this
+                ``cluster-node-timeout`` in milliseconds, alone until it meets others (see
+                `cluster`); its port is at most 55535, so that its bus port (+10000) exists.
             extra_config: more redis.conf directives, ``{"maxmemory": "10mb"}``.
 
         Raises:
@@ -187,11 +192,13 @@ class RedisLauncher:
             acl_users=tuple(acl_users),
             tls_auth_clients=tls_auth_clients,
             appendonly=appendonly,
+            cluster_node_timeout=cluster_node_timeout,
             extra_config=dict(extra_config or {}),
         )
         if self.backend() == "docker":
-            if tls or unixsocket:
+            if tls or unixsocket or cluster_node_timeout is not None:
                 what = "a TLS server" if tls else "a Unix socket server"
+                what = "a cluster node" if cluster_node_timeout is not None else what
                 raise RedisServerNotFoundError(_BINARY_ONLY.format(what=what))
             args = node(port=6379, data_dir=Path("/data")).container_args()
             return self._start_container(args, password)
@@ -206,6 +213,7 @@ class RedisLauncher:
             unixsocket=None if socket_path is None else str(socket_path),
             tls=files,
             tls_auth_clients=tls_auth_clients,
+            allocate=allocate_port if cluster_node_timeout is None else allocate_cluster_port,
         )
 
     def sentinel_group(
@@ -292,6 +300,60 @@ class RedisLauncher:
         group.wait_formed(max(deadline - time.monotonic(), 0.0))
         return group
 
+    def cluster(
+        self,
+        *,
+        primaries: int = 3,
+        replicas_per_primary: int = 1,
+        tls: bool = False,
+        password: str | None = None,
+        acl_users: Sequence[str] = (),
+        node_timeout: int = 1500,
+        timeout: float = 30.0,
+    ) -> ClusterHarness:
+        """Start a Redis Cluster; return once every node agrees on it and replicas are synced.
+
+        Args:
+            primaries: primaries; they share the 16384 slots evenly, in order.
+            replicas_per_primary: replicas of each primary.
+            tls: TLS only, for clients, replication and the cluster bus.
+            password: the default user's ``requirepass`` (and ``masterauth``).
+            acl_users: raw ACL rules, as for `start`.
+            node_timeout: ``cluster-node-timeout`` in ms: a killed primary is replaced after
+                about twice that.
+            timeout: seconds for the cluster to form.
+
+        Raises:
+            RedisServerNotFoundError: no redis-server binary (Docker is not enough here).
+            ServerCapabilityError: ``tls=True`` on a binary built without TLS.
+            RedisStartError: a node did not start.
+            TimeoutError: the cluster did not form in time.
+        """
+        if self.backend() != "binary":
+            raise RedisServerNotFoundError(_BINARY_ONLY.format(what="a cluster"))
+        if primaries < 1 or replicas_per_primary < 0:
+            raise ValueError("a cluster needs primaries >= 1 and replicas_per_primary >= 0")
+        deadline = time.monotonic() + timeout
+        nodes: list[RedisServer] = []
+        try:
+            while len(nodes) < primaries * (1 + replicas_per_primary):
+                node = self.start(
+                    tls=tls,
+                    password=password,
+                    acl_users=acl_users,
+                    appendonly=True,  # a restarted primary keeps its data
+                    cluster_node_timeout=node_timeout,
+                )
+                nodes.append(node)
+            files = self.tls_files() if tls else None
+            cluster = ClusterHarness(nodes, password=password, tls=files, node_timeout=node_timeout)
+            cluster.form(primaries, replicas_per_primary, max(deadline - time.monotonic(), 0.0))
+        except BaseException:
+            for node in nodes:
+                node.kill()
+            raise
+        return cluster
+
     def close(self) -> None:
         """Kill every server this launcher started and remove its directories (idempotent)."""
         with self._lock:
@@ -339,13 +401,14 @@ class RedisLauncher:
         unixsocket: str | None = None,
         tls: TLSFiles | None = None,
         tls_auth_clients: bool = False,
+        allocate: Callable[[], int] = allocate_port,
     ) -> RedisServer:
         assert self._binary is not None
         sentinel = role == "sentinel"
         conf = data_dir / ("sentinel.conf" if sentinel else "redis.conf")
         argv = [self._binary, str(conf), *(["--sentinel"] if sentinel else [])]
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            port = allocate_port()
+            port = allocate()
             conf.write_text(config(port).render())
             server = RedisServer(
                 backend=ProcessBackend(argv, cwd=data_dir, logfile=data_dir / "redis.log"),

@@ -20,6 +20,8 @@ __all__ = [
     "RedisStartError",
     "execute",
     "make_client",
+    "tls_query",
+    "userinfo",
 ]
 
 _STOP_TIMEOUT = 10.0
@@ -65,6 +67,25 @@ def execute(client: redis.Redis, *args: str) -> Any:
     """Send a raw command (redis-py leaves `execute_command` untyped)."""
     send: Callable[..., Any] = client.execute_command
     return send(*args)
+
+
+def userinfo(username: str | None, password: str | None) -> str:
+    """The ``user:password@`` part of a URL, quoted ("" when both are None)."""
+    if username is None and password is None:
+        return ""
+    auth = urlquote(username or "", safe="")
+    if password is not None:
+        auth += ":" + urlquote(password, safe="")
+    return auth + "@"
+
+
+def tls_query(tls: TLSFiles, *, client_cert: bool) -> str:
+    """The URL query naming the CA (and the client certificate for mutual TLS)."""
+    query = f"ssl_ca_certs={urlquote(tls.ca_cert)}"
+    if client_cert:
+        query += f"&ssl_certfile={urlquote(tls.client_cert)}"
+        query += f"&ssl_keyfile={urlquote(tls.client_key)}"
+    return query
 
 
 def make_client(
@@ -178,22 +199,14 @@ class RedisServer:
         """
         if username is None and password is None:
             password = self.password
-        auth = ""
-        if username is not None or password is not None:
-            auth = urlquote(username or "", safe="")
-            if password is not None:
-                auth += ":" + urlquote(password, safe="")
-            auth += "@"
+        auth = userinfo(username, password)
         if unix if unix is not None else self.unixsocket is not None:
             if self.unixsocket is None:
                 raise ValueError(f"{self!r} has no Unix socket")
             return f"unix://{auth}{urlquote(self.unixsocket)}?db={db}"
         if self.tls is None:
             return f"redis://{auth}{self.host}:{self.port}/{db}"
-        query = f"ssl_ca_certs={urlquote(self.tls.ca_cert)}"
-        if self.tls_auth_clients:
-            query += f"&ssl_certfile={urlquote(self.tls.client_cert)}"
-            query += f"&ssl_keyfile={urlquote(self.tls.client_key)}"
+        query = tls_query(self.tls, client_cert=self.tls_auth_clients)
         return f"rediss://{auth}{self.host}:{self.port}/{db}?{query}"
 
     def client(self, **kwargs: Any) -> redis.Redis:
