@@ -36,10 +36,11 @@ SERVERLESS = [
 # What a server leg runs: the whole suite but for those (the chaos test's short default run
 # included; its long run is `make soak`). TLS tests skip by themselves on builds without TLS.
 WHOLE_SUITE = ["tests", *(f"--ignore={path}" for path in SERVERLESS)]
-# What a Python or event-loop leg runs: the store's contract, the multiplexer, never-hang, the
-# fault (chaos) and Celery interop suites, and the server-less unit suites.
+# What a Python or event-loop leg runs: the store's contract, cancellation, the multiplexer,
+# never-hang, the fault (chaos) and Celery interop suites, and the server-less unit suites.
 CORE_SUITES = [
     "tests/test_store.py",
+    "tests/test_cancellation.py",
     "tests/test_multiplexer.py",
     "tests/test_never_hang.py",
     "tests/test_chaos.py",

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import pytest
 import redis.asyncio
 
 from resultstore import ResultStore, ResultTimeout, StoreClosedError
 from resultstore._codec import encode_result
+from resultstore._translate import keep_cancellation
 from resultstore.testing import RedisServer
 from support import armed, registered, until
 
@@ -249,3 +251,82 @@ async def test_closing_during_arming_fails_waiters_and_stops_every_task(
             await waiter
     assert len(asyncio.all_tasks()) <= baseline
     await until(lambda: redis_server.client().pubsub_channels(PREFIX + "*") == [])
+
+
+# -- a cancelled command is cancelled ------------------------------------------------------------
+
+
+Command = Callable[[ResultStore], Coroutine[Any, Any, object]]
+COMMANDS: dict[str, Command] = {
+    "get": lambda store: store.get("cmd"),
+    "get_many": lambda store: store.get_many(["cmd", "other"]),
+    "set": lambda store: store.set("cmd-set", {"v": 1}, state="PROGRESS"),
+    "forget": lambda store: store.forget("cmd-forget"),
+    "wait_for": lambda store: store.wait_for("cmd", timeout=0),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+async def test_a_cancelled_command_never_returns_a_value(
+    redis_server: RedisServer, command: str
+) -> None:
+    """A call cancelled at any loop turn either finished before the cancel or raises
+    CancelledError; it never returns as if nothing happened. On Python 3.11, redis-py's
+    asyncio.wait_for around socket writes swallowed a cancel that came as the write completed
+    (a third of these cancels went missing): a caller looping until cancelled never ended."""
+    call = COMMANDS[command]
+    async with ResultStore.from_url(redis_server.url) as store:
+        await store.get("warm-up")
+        swallowed = cancelled = 0
+        for turns in range(12):
+            for _ in range(20):
+                task: asyncio.Task[object] = asyncio.create_task(call(store))
+                await spin(turns)
+                if task.done():
+                    continue
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    cancelled += 1
+                else:
+                    swallowed += 1
+        assert cancelled > 0
+        assert swallowed == 0, f"{swallowed} of {swallowed + cancelled} cancels were swallowed"
+
+
+def test_keep_cancellation_raises_a_cancel_swallowed_inside() -> None:
+    """keep_cancellation() re-raises a cancel that the code inside caught without uncancel(),
+    and leaves alone a cancel that was withdrawn (as asyncio.timeout does with its own)."""
+
+    async def swallow() -> None:
+        # What asyncio.wait_for does on 3.11 when its inner call has just completed.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)
+
+    async def withdraw() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            task.uncancel()
+
+    async def run(body: Callable[[], Awaitable[None]]) -> str:
+        async def guarded() -> str:
+            with keep_cancellation():
+                await body()
+            return "returned"
+
+        task = asyncio.create_task(guarded())
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return "cancelled"
+
+    async def main() -> tuple[str, str]:
+        return await run(swallow), await run(withdraw)
+
+    assert asyncio.run(main()) == ("cancelled", "returned")

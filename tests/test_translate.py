@@ -184,6 +184,24 @@ def test_map_exceptions_keeps_the_cause_and_lets_other_errors_through() -> None:
         raise KeyError("not ours")
 
 
+def test_redis_py_attribute_error_is_a_lost_connection_and_ours_is_not() -> None:
+    """redis-py raises AttributeError ("'NoneType' object has no attribute 'writelines'") when
+    a connection is torn down under a call (seen under uvloop when aclose() meets a connect):
+    that is a lost connection. An AttributeError from anywhere else is a bug and passes."""
+    in_redis_py: dict[str, object] = {"__name__": "redis.asyncio.connection"}
+    exec("def send(writer):\n    writer.writelines([b'x'])\n", in_redis_py)
+    send = in_redis_py["send"]
+    assert callable(send)
+    with (
+        pytest.raises(StoreConnectionError, match="closed under the call") as info,
+        map_exceptions("GET", "tcp h:1"),
+    ):
+        send(None)
+    assert isinstance(info.value.__cause__, AttributeError)
+    with pytest.raises(AttributeError), map_exceptions("GET", "tcp h:1"):
+        None.writelines  # type: ignore[attr-defined]  # noqa: B018  # our own bug
+
+
 # -- real servers: the cases redis-py cannot tell apart by type ---------------------------------
 
 

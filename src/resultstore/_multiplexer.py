@@ -42,6 +42,7 @@ from ._exceptions import (
 from ._health import HealthClock, Liveness, budget
 from ._resp import pack, reply_reader
 from ._subscriptions import ChannelState, Command, LinkError, ProtocolViolation, Subscriptions
+from ._translate import keep_cancellation
 from ._waiters import CheckToken, Decoded, Registry, needs_offload
 
 __all__ = ["Multiplexer"]
@@ -375,7 +376,7 @@ class Multiplexer:
     async def _send(self, conn: AbstractConnection, commands: list[bytes]) -> None:
         """Write packed commands; a failed or stuck write marks the link dead."""
         try:
-            with anyio.fail_after(self._ping_timeout):
+            with anyio.fail_after(self._ping_timeout), keep_cancellation():
                 await conn.send_packed_command(commands, check_health=False)
         except (OSError, RedisError, TimeoutError) as exc:
             self._dead = exc

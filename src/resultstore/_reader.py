@@ -15,6 +15,7 @@ import anyio
 from redis.asyncio.connection import AbstractConnection
 
 from ._resp import pack
+from ._translate import keep_cancellation
 
 __all__ = ["KeyReader"]
 
@@ -44,7 +45,8 @@ class KeyReader:
         conn = self._conn
         commands = [pack(b"MGET", list(keys[i : i + _CHUNK])) for i in range(0, len(keys), _CHUNK)]
         try:
-            await conn.send_packed_command(commands, check_health=False)
+            with keep_cancellation():
+                await conn.send_packed_command(commands, check_health=False)
             values: list[bytes | None] = []
             for _ in commands:
                 # An error reply (NOPERM, BUSY, ...) is raised as redis-py's ResponseError.

@@ -355,23 +355,20 @@ class ResultStore:
         registry = self._registry
         channel = self._keys.key(task_id)
         fut = registry.waiter(channel, task_id)
+        # The timeout resolves this call's own future instead of cancelling the task (as
+        # asyncio.timeout does): a caller's cancellation then always propagates, whatever the
+        # timing, and no cancel counts are juggled. No timeout: no timer at all.
+        timer = None
+        if timeout is not None:
+            timer = asyncio.get_running_loop().call_later(timeout, _expire, fut, task_id, timeout)
+        error: ResultStoreError
         try:
-            try:
-                if timeout is None:
-                    return await fut  # no timer at all: a pending wait costs less memory
-                async with asyncio.timeout(timeout):
-                    return await fut
-            except TimeoutError:
-                if timeout is None:
-                    raise  # not ours
-                if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    return fut.result()  # the result won the race against the timeout
-                error: ResultStoreError = ResultTimeout(
-                    f"task {task_id} was not ready within {timeout:g} s", task_id=task_id
-                )
-            except StoreConnectionError as exc:
-                error = exc
+            return await fut
+        except (ResultTimeout, StoreConnectionError) as exc:
+            error = exc
         finally:
+            if timer is not None:
+                timer.cancel()
             registry.remove(channel, fut)
         # Before saying "not ready" or "unreachable": one bounded read of the key, so a result
         # already stored is returned (a timeout of 0, or a link that never became healthy).
@@ -382,13 +379,12 @@ class ResultStore:
 
     async def _last_look(self, task_id: str) -> ResultMeta | None:
         """The task's ready result if one read within ``_LAST_LOOK`` seconds finds it."""
-        with anyio.move_on_after(_LAST_LOOK):
-            try:
+        try:
+            async with asyncio.timeout(_LAST_LOOK):
                 meta = await self.get(task_id)
-            except ResultStoreError:
-                return None
-            return meta if meta.ready else None
-        return None
+        except (ResultStoreError, TimeoutError):
+            return None
+        return meta if meta.ready else None
 
     async def watch(self, task_id: str) -> AsyncGenerator[ResultMeta, None]:
         """Yield the task's current state, then every stored update; end after a ready one.
@@ -481,6 +477,14 @@ class ResultStore:
             connected=backend.connected,
             reconnects=backend.reconnects,
             messages=backend.messages,
+        )
+
+
+def _expire(fut: asyncio.Future[ResultMeta], task_id: str, timeout: float) -> None:
+    """``wait_for``'s timer: the wait ends with ResultTimeout unless it has ended already."""
+    if not fut.done():
+        fut.set_exception(
+            ResultTimeout(f"task {task_id} was not ready within {timeout:g} s", task_id=task_id)
         )
 
 

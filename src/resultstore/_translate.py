@@ -19,6 +19,7 @@ connection's handshake (AUTH, CLIENT SETNAME, SELECT) is configuration, whatever
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import re
@@ -301,6 +302,38 @@ def _carries_secret(exc: BaseException, scrub: Callable[[str], str] | None) -> b
     return any(scrub(str(link)) != str(link) for link in seen)
 
 
+def _raised_in_redis_py(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by redis-py's own code (its innermost frame is redis-py's)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    return isinstance(module, str) and module.split(".")[0] == "redis"
+
+
+@contextmanager
+def keep_cancellation() -> Iterator[None]:
+    """Re-raise a cancellation that the code inside swallowed.
+
+    redis-py bounds socket writes with ``asyncio.wait_for``, which on Python 3.11 returns the
+    inner result and drops the caller's cancellation when both happen in the same loop turn
+    (CPython gh-86296; 3.12 rebuilt it on ``asyncio.timeout``). A cancelled ``get()`` then
+    returned a value, and a caller that loops until cancelled never ended. A cancellation
+    asked for inside and neither delivered nor withdrawn (``uncancel``) when the block ends
+    normally was swallowed: it is raised here.
+    """
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop: nothing to keep
+        task = None
+    before = task.cancelling() if task is not None else 0
+    yield
+    if task is not None and task.cancelling() > before:
+        raise asyncio.CancelledError
+
+
 @contextmanager
 def map_exceptions(
     what: str,
@@ -315,7 +348,14 @@ def map_exceptions(
     secret: then the chain is cut (``from None``), so no traceback shows the secret.
     """
     try:
-        yield
+        with keep_cancellation():
+            yield
+    except AttributeError as exc:
+        if not _raised_in_redis_py(exc):
+            raise
+        # redis-py's connection torn down under a call (its writer is None): a lost connection.
+        lost = RedisConnectionError(f"the connection was closed under the call ({exc})")
+        raise translate(lost, what, describe, scrub=scrub, tls_files=tls_files) from exc
     except (RedisError, OSError) as exc:
         error = translate(exc, what, describe, scrub=scrub, tls_files=tls_files)
         if _carries_secret(exc, scrub):
