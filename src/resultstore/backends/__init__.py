@@ -21,6 +21,9 @@ class BackendStats:
     subscribed: int
     reconnects: int
     messages: int
+    link: str = "healthy"
+    """The Pub/Sub link: ``idle``, ``healthy``, ``settling``, ``down`` or ``outage``
+    (`ResultStore.ping`)."""
 
 
 class Backend(Protocol):
@@ -44,6 +47,10 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Release connections. Idempotent."""
+        ...
+
+    async def ping(self) -> None:
+        """One round trip to the storage."""
         ...
 
     async def get(self, key: bytes) -> bytes | None:

@@ -136,6 +136,7 @@ class RedisBackend:
             subscribed=mux.subscribed(),
             reconnects=mux.reconnects,
             messages=mux.messages,
+            link=mux.link_state(),
         )
 
     async def run(self) -> None:
@@ -171,6 +172,11 @@ class RedisBackend:
             if self._closed:  # the pool was closed under the call: not an outage
                 raise StoreClosedError(f"{what} was cut short: the ResultStore was closed") from exc
             raise
+
+    async def ping(self) -> None:
+        """PING on the command pool."""
+        async with self._translated("PING"):
+            await self._client.ping()
 
     async def get(self, key: bytes) -> bytes | None:
         """GET."""
