@@ -698,7 +698,10 @@ def test_openapi_documents_results_errors_and_event_streams() -> None:
     events = schema["paths"]["/r/{task_id}/events"]["get"]["responses"]
     assert list(events["200"]["content"]) == ["text/event-stream"]
     assert "204" in events
-    assert {"502", "503"} <= set(events)
+    for status in ("502", "503"):  # error bodies are JSON, even on the event-stream route
+        assert list(events[status]["content"]) == ["application/json"]
+        schema = events[status]["content"]["application/json"]["schema"]
+        assert set(schema["properties"]) == {"detail", "task_id"}
 
 
 async def _start_uvicorn(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, str]:
@@ -748,3 +751,18 @@ async def test_uvicorn_with_an_open_stream_shuts_down_at_once(redis_server: Redi
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_lifespan_end_ends_open_streams_quietly(store: ResultStore) -> None:
+    """The app's lifespan ending (the store closing under an open stream) ends the stream with
+    a comment, not an error event, and leaves no watcher."""
+    async with served(build_app(store)) as (_, app):
+        stream = Stream(app, "/events/open", "2.3")
+        await stream.start()
+        assert (await stream.event() or ("",))[0] == "message"
+    rest: list[tuple[str, Any]] = []
+    while (event := await stream.event()) is not None:
+        rest.append(event)
+    assert rest in ([], [("ping", None)])  # ": server shutting down" is a comment
+    await stream.task
+    assert store.statistics().watchers == 0

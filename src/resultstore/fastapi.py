@@ -302,7 +302,15 @@ SSE_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
     204: {"description": f"reconnect (Last-Event-ID: {FINAL_EVENT_ID}) to a task already ready"},
-    **{status: ERROR_RESPONSES[status] for status in (502, 503)},
+    # Inline JSON schemas, not "model": FastAPI would list a model under the route's own
+    # media type (text/event-stream), and these bodies are JSON.
+    **{
+        status: {
+            "description": ERROR_RESPONSES[status]["description"],
+            "content": {"application/json": {"schema": ErrorBody.model_json_schema()}},
+        }
+        for status in (502, 503)
+    },
 }
 """``responses=`` for a :func:`progress_stream` route: ``text/event-stream``, 204, 502, 503."""
 
