@@ -766,3 +766,36 @@ async def test_lifespan_end_ends_open_streams_quietly(store: ResultStore) -> Non
     assert rest in ([], [("ping", None)])  # ": server shutting down" is a comment
     await stream.task
     assert store.statistics().watchers == 0
+
+
+async def test_redis_down_under_uvicorn_is_503_json_without_internals(
+    redis_server: RedisServer,
+) -> None:
+    """examples/fastapi_app.py under uvicorn with Redis stopped: a wait with a 30 s timeout
+    answers 503 {"detail", "task_id"} once reconnect_timeout (1 s here) has passed, the next one
+    at once; no host, port or Redis error text in the body."""
+    env = {
+        **os.environ,
+        "RESULTSTORE_URL": redis_server.url,
+        "RESULTSTORE_RECONNECT_TIMEOUT": "1",
+    }
+    process, url = await _start_uvicorn(env)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            assert (await client.get("/results/a")).status_code == 200  # the store is up
+            redis_server.stop()
+            first = await client.get("/jobs/a/result", params={"timeout": 30})
+            started = time.monotonic()
+            second = await client.get("/results/b/wait", params={"timeout": 30})
+            elapsed = time.monotonic() - started
+        for response, task_id in ((first, "a"), (second, "b")):
+            assert response.status_code == 503
+            assert response.json() == {
+                "detail": "the result store is unavailable", "task_id": task_id,
+            }  # fmt: skip
+            assert str(redis_server.port) not in response.text
+        assert elapsed < 2
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        await asyncio.wait_for(process.wait(), 10)
