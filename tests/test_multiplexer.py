@@ -181,7 +181,9 @@ async def test_killed_pubsub_connection_reconnects_and_delivers_everything(
             await pipe.execute()
         results = await asyncio.gather(*waiters)
         assert [m.result for m in results] == ids
-        assert store.statistics().reconnects > before
+        # Valkey may flush the killed link's pending messages before closing it, so every
+        # waiter can be served before the new link is up: the reconnect comes, counted.
+        await until(lambda: store.statistics().reconnects > before)
 
 
 async def test_restart_with_aof_delivers_results_from_before_and_after(
