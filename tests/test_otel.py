@@ -395,13 +395,27 @@ async def test_write_retries_and_outcome_unknown(
     assert (span.attributes or {})["error.type"] == "WriteOutcomeUnknown"
 
 
-def test_nothing_is_imported_without_the_api() -> None:
-    """Without opentelemetry-api the store works and imports no opentelemetry module."""
-    code = """
-import asyncio, sys
+NO_API = """
 sys.modules["opentelemetry"] = None  # as if not installed
 from resultstore import ResultStore, _telemetry
 assert not _telemetry.ENABLED
+"""
+NO_SDK = """
+from resultstore import ResultStore, _telemetry
+assert _telemetry.ENABLED
+assert _telemetry.span("get", {}) is _telemetry.span("set", {})  # the shared empty context
+assert not _telemetry.start("watch", {}, "a").is_recording()
+"""
+
+
+@pytest.mark.parametrize("setup", [NO_API, NO_SDK], ids=["no-api", "api-without-sdk"])
+def test_without_the_api_or_without_an_sdk(setup: str) -> None:
+    """Without opentelemetry-api the store works and imports no opentelemetry module; with the
+    API and no SDK it works and makes no span objects of its own."""
+    code = (
+        "import asyncio, sys\n"
+        + setup
+        + """
 
 async def main():
     async with ResultStore.from_url("memory://") as store:
@@ -415,9 +429,10 @@ async def main():
 
 asyncio.run(main())
 loaded = [m for m, v in sys.modules.items() if m.startswith("opentelemetry") and v is not None]
-assert not loaded, loaded
+assert _telemetry.ENABLED or not loaded, loaded
 print("ok")
 """
+    )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
