@@ -169,10 +169,8 @@ if _API:
     def _span(name: str, attrs: Attributes, task_id: str | None, receive: bool) -> Iterator[Any]:
         kind = SpanKind.CONSUMER if receive else SpanKind.CLIENT
         with _tracer.start_as_current_span(
-            f"resultstore.{name}", kind=kind, attributes=attrs
+            f"resultstore.{name}", kind=kind, attributes=_all(attrs, task_id, receive)
         ) as current:
-            if current.is_recording():
-                _describe(current, attrs, task_id, receive)
             try:
                 yield current
             except Exception as exc:
@@ -185,19 +183,22 @@ if _API:
         if isinstance(trace.get_tracer_provider(), _NO_SDK):
             return INVALID_SPAN
         kind = SpanKind.CONSUMER
-        current = _tracer.start_span(f"resultstore.{name}", kind=kind, attributes=attrs)
-        if current.is_recording():
-            _describe(current, attrs, task_id, True)
-        return current
+        return _tracer.start_span(
+            f"resultstore.{name}", kind=kind, attributes=_all(attrs, task_id, True)
+        )
 
-    def _describe(current: Any, attrs: Attributes, task_id: str | None, receive: bool) -> None:
+    def _all(attrs: Attributes, task_id: str | None, receive: bool) -> dict[str, Any]:
+        """The span's attributes at its start, in one mapping (the SDK checks each
+        ``set_attribute`` under a lock: one mapping is cheaper)."""
+        out: dict[str, Any] = dict(attrs)
         if task_id is not None:
-            current.set_attribute("resultstore.task.id", task_id)
+            out["resultstore.task.id"] = task_id
         if receive:
-            current.set_attribute("messaging.operation.type", "receive")
-            current.set_attribute("messaging.system", str(attrs.get("db.system.name")))
+            out["messaging.operation.type"] = "receive"
+            out["messaging.system"] = attrs.get("db.system.name")
             if task_id is not None:
-                current.set_attribute("messaging.message.id", task_id)
+                out["messaging.message.id"] = task_id
+        return out
 
     def finish(current: Any, exc: BaseException | None, outcome: str | None = None) -> None:
         """End a span from :func:`start`; an Exception marks it failed."""
@@ -216,6 +217,7 @@ if _API:
         outcome = outcome_of(status, exc)
         WAIT_DURATION.record(now - started, {"resultstore.outcome": outcome})
         if current.is_recording():
-            current.set_attribute("resultstore.outcome", outcome)
+            ended = {"resultstore.outcome": outcome}
             if status is not None:
-                current.set_attribute("resultstore.status", status)
+                ended["resultstore.status"] = status
+            current.set_attributes(ended)
