@@ -427,11 +427,12 @@ class Multiplexer:
                 except Exception as exc:  # nothing a publisher sends may stop the reader
                     decoded = PayloadDecodeError(f"undecodable: {exc!r}", task_id="?")
                     reason = self._connector.scrub(repr(exc))
-                    logger.warning(
-                        "resultstore could not decode a message: %s",
-                        reason,
-                        extra={"node": self._node, "reason": reason, "event": "decode_failed"},
-                    )
+                    extra = {"node": self._node, "reason": reason, "event": "decode_failed"}
+                    task_id = registry.task_id(channel)
+                    if task_id is not None:
+                        extra["task_id"] = task_id
+                    message = "resultstore could not decode a message: %s"
+                    logger.warning(message, reason, extra=extra)
                 if decoded is not None:
                     registry.deliver_message(channel, payload, decoded, epoch)
             self._slow.popleft()

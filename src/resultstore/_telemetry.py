@@ -34,7 +34,18 @@ except ImportError:  # the extra is not installed: every call site checks ENABLE
 else:
     _API = True
 
-__all__ = ["ENABLED", "attributes", "outcome_of", "register", "span", "track"]
+__all__ = [
+    "ENABLED",
+    "OUTCOMES",
+    "SCOPE",
+    "attributes",
+    "finish",
+    "outcome_of",
+    "register",
+    "span",
+    "start",
+    "track",
+]
 
 ENABLED: Final = _API
 """Whether ``opentelemetry-api`` could be imported (decided once, at import)."""

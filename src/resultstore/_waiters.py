@@ -157,6 +157,11 @@ class Registry:
             watchers += len(entry.watchers)
         return waiters, watchers
 
+    def task_id(self, channel: bytes) -> str | None:
+        """The task id of ``channel``, while somebody waits on it."""
+        entry = self._entries.get(channel)
+        return None if entry is None else entry.task_id
+
     def watched(self, channel: bytes) -> bool:
         """Whether ``channel`` has watchers."""
         entry = self._entries.get(channel)
