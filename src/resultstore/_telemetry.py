@@ -57,6 +57,7 @@ OUTCOMES: Final = ("success", "failure", "revoked", "timeout", "cancelled", "con
 """The values of ``resultstore.outcome`` on ``wait_for`` (plus ``error`` for anything else)."""
 
 _STATUS_OUTCOMES: Final = {"SUCCESS": "success", "FAILURE": "failure", "REVOKED": "revoked"}
+_READ_TRIES: Final = 5  # readings of the gauges from a collector's thread (see _gauge)
 _WAIT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 Attributes = Mapping[str, str | int | bool]
@@ -138,10 +139,18 @@ if _API:
 
     def _gauge(field: str) -> Callable[[Any], Iterable[Any]]:
         def observe(options: Any) -> Iterable[Any]:
-            totals: dict[str, int] = {}
-            for store, node in list(_STORES.items()):
-                totals[node] = totals.get(node, 0) + int(getattr(store.statistics(), field))
-            return [metrics.Observation(v, {"resultstore.node": k}) for k, v in totals.items()]
+            # A periodic reader calls this from its own thread while the event loop changes the
+            # stores' dicts: an iteration that meets a change raises RuntimeError; read again.
+            for _ in range(_READ_TRIES):
+                try:
+                    totals: dict[str, int] = {}
+                    for store, node in list(_STORES.items()):
+                        value = int(getattr(store.statistics(), field))
+                        totals[node] = totals.get(node, 0) + value
+                except RuntimeError:
+                    continue
+                return [metrics.Observation(v, {"resultstore.node": k}) for k, v in totals.items()]
+            return []
 
         return observe
 
