@@ -189,7 +189,15 @@ async def test_every_method_has_a_span_with_semantic_attributes(
     assert written >= 3 * len(b'{"status": "SUCCESS"')
     # the read metrics were drained by the call above: a fresh get shows its bytes alone
     await store.get(ids[1])
-    assert total(otel.points("resultstore.payload.read"), **{"db.operation.name": "GET"}) > 20
+    later = new_id()
+    waiting = asyncio.create_task(store.wait_for(later, timeout=5))
+    await armed(store, 1)
+    await store.set(later, "x" * 100)
+    await waiting
+    await until(lambda: store.statistics().messages > 0)  # its Pub/Sub message, over 100 bytes
+    collected = otel.collect()
+    assert total(collected["resultstore.payload.read"], **{"db.operation.name": "GET"}) > 20
+    assert total(collected["resultstore.pubsub.received"]) > 100
 
 
 async def test_redis_command_spans_nest_under_the_store_spans(

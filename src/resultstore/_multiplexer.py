@@ -123,6 +123,7 @@ class Multiplexer:
         self._link_started = 0.0
         self.reconnects = 0
         self.messages = 0
+        self.message_bytes = 0
         registry.attach(on_join=self._on_join, on_leave=self._on_leave)
 
     # -- registry hooks (called synchronously from wait_for / watch) -------------------------------
@@ -333,6 +334,7 @@ class Multiplexer:
                     channel, payload = reply[1], reply[2]
                     subs.on_message(channel)
                     self.messages += 1
+                    self.message_bytes += len(payload)
                     # needs_offload, inlined: large, or Celery's compressed-payload magic.
                     if self._slow or len(payload) > _OFFLOAD or payload.startswith(b"\x00"):
                         # In order, with the connection it came on (it may be delivered later).

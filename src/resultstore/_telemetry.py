@@ -137,7 +137,7 @@ if _API:
     BYTES_READ = _counter("payload.read", "By", "Result payload bytes read by get and get_many.")
     BYTES_WRITTEN = _counter("payload.written", "By", "Result payload bytes sent by set.")
 
-    def _gauge(field: str) -> Callable[[Any], Iterable[Any]]:
+    def _gauge(field: str, *, backend: bool = False) -> Callable[[Any], Iterable[Any]]:
         def observe(options: Any) -> Iterable[Any]:
             # A periodic reader calls this from its own thread while the event loop changes the
             # stores' dicts: an iteration that meets a change raises RuntimeError; read again.
@@ -145,7 +145,8 @@ if _API:
                 try:
                     totals: dict[str, int] = {}
                     for store, node in list(_STORES.items()):
-                        value = int(getattr(store.statistics(), field))
+                        stats = store._backend.stats() if backend else store.statistics()
+                        value = int(getattr(stats, field))
                         totals[node] = totals.get(node, 0) + value
                 except RuntimeError:
                     continue
@@ -168,6 +169,12 @@ if _API:
         callbacks=[_gauge("messages")],
         unit="{message}",
         description="Pub/Sub messages received, per live store.",
+    )
+    _meter.create_observable_counter(
+        "resultstore.pubsub.received",
+        callbacks=[_gauge("message_bytes", backend=True)],
+        unit="By",
+        description="Result payload bytes received as Pub/Sub messages, per live store.",
     )
 
     _NO_SDK: Final = (ProxyTracerProvider, NoOpTracerProvider)

@@ -21,6 +21,8 @@ class BackendStats:
     subscribed: int
     reconnects: int
     messages: int
+    message_bytes: int = 0
+    """Bytes of the payloads of those messages."""
 
 
 class Backend(Protocol):

@@ -137,6 +137,7 @@ class RedisBackend:
             subscribed=mux.subscribed(),
             reconnects=mux.reconnects,
             messages=mux.messages,
+            message_bytes=mux.message_bytes,
         )
 
     async def run(self) -> None:
