@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 LINT_DIRS := $(wildcard src tests examples benchmarks scripts)
 
-.PHONY: install lint format test test-matrix soak redis-server demo bench bench-quick bench-valkey clean
+.PHONY: install lint format test test-matrix soak redis-server chromium demo bench bench-quick bench-valkey clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,19 @@ redis-server:
 	  fi; }
 	@redis-server --version
 
+# Headless Chromium runs the EventSource test (tests/test_fastapi_browser.py); install Debian's
+# package when it is missing and we can. Without it the test skips locally and fails under CI.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  command -v google-chrome >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "chromium not found: installing Debian's chromium package"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	      >/dev/null 2>&1 || echo "chromium could not be installed: the browser test will fail under CI"; \
+	  else \
+	    echo "chromium not found: the browser test will skip (Debian/Ubuntu: sudo apt-get install chromium)"; \
+	  fi; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_DIRS)
 	$(BIN)/ruff format --check $(LINT_DIRS)
@@ -37,7 +50,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix $(LINT_DIRS)
 	$(BIN)/ruff format $(LINT_DIRS)
 
-test: $(STAMP) redis-server lint
+test: $(STAMP) redis-server chromium lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The compatibility matrix (README "Compatibility"; scripts/matrix.py): the whole suite on

@@ -6,6 +6,7 @@ Run it (Redis at ``RESULTSTORE_URL``, default ``redis://127.0.0.1:6379/0``)::
     curl -X POST 'localhost:8000/jobs?duration=5&steps=5'       # -> {"task_id": ...}
     curl -N localhost:8000/jobs/<task_id>/events                  # PROGRESS..., then SUCCESS
     curl 'localhost:8000/jobs/<task_id>/result?timeout=30'        # waits; 504 if not ready
+    curl localhost:8000/results/<task_id>                         # the ready-made router
 
 A job here is an in-process asyncio task that stores PROGRESS states and then its result, as a
 Celery worker would. With ``RESULTSTORE_DEMO_JOBS=worker`` jobs go instead to the Redis list that
@@ -26,16 +27,21 @@ from typing import Annotated, Any
 import anyio
 import redis.asyncio as redis
 from anyio.abc import TaskGroup
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.responses import Response
 
 from resultstore import ResultStore, StoreSettings, states
 from resultstore.fastapi import (
+    ERROR_RESPONSES,
+    SSE_RESPONSES,
+    EventStreamResponse,
+    ResultJSON,
     ResultStoreDep,
     install_error_handlers,
     jsonable_meta,
     open_result_store,
     progress_stream,
+    result_router,
     wait_for_result,
 )
 
@@ -66,7 +72,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(title="resultstore example", lifespan=lifespan)
-install_error_handlers(app)
+install_error_handlers(app)  # {"detail", "task_id"} for 502/503/504; specifics go to the log
+app.include_router(result_router(prefix="/results", tags=["results"]))  # GET, /wait, /events
 
 
 async def run_job(
@@ -111,7 +118,7 @@ async def submit_job(
     }
 
 
-@app.get("/jobs/{task_id}/result")
+@app.get("/jobs/{task_id}/result", response_model=ResultJSON, responses=ERROR_RESPONSES)
 async def job_result(
     task_id: str,
     store: ResultStoreDep,
@@ -121,7 +128,12 @@ async def job_result(
     return jsonable_meta(await wait_for_result(store, task_id, timeout=timeout))
 
 
-@app.get("/jobs/{task_id}/events")
-async def job_events(task_id: str, store: ResultStoreDep) -> StreamingResponse:
-    """Server-Sent Events: the current state, every PROGRESS, then the final state."""
-    return await progress_stream(store, task_id)
+@app.get("/jobs/{task_id}/events", response_class=EventStreamResponse, responses=SSE_RESPONSES)
+async def job_events(
+    task_id: str,
+    store: ResultStoreDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Server-Sent Events: the current state, every PROGRESS, then the final state (unnamed
+    events); a reconnect after the final state answers 204."""
+    return await progress_stream(store, task_id, last_event_id=last_event_id)

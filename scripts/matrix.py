@@ -200,7 +200,7 @@ def main() -> int:
     redis_default = os.environ.get("MATRIX_DEFAULT_SERVER") or "redis-server"
     python = sys.executable
     whole = "whole suite but the server-less unit tests"
-    core = "contract, multiplexer, never-hang, fault, interop + unit tests"
+    core = "contract, cancellation, multiplexer, never-hang, fault, interop + unit tests"
 
     legs = [
         Leg("valkey-8.1", python, valkey81, "asyncio", WHOLE_SUITE, whole),

@@ -20,6 +20,7 @@ from resultstore import (
 EXPECTED = [
     "PayloadDecodeError",
     "PermissionDeniedError",
+    "PingResult",
     "ResultMeta",
     "ResultStore",
     "ResultStoreError",

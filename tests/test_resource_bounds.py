@@ -98,10 +98,13 @@ async def test_a_stalled_sse_client_holds_constant_memory(
     """progress_stream's body for a client that stops reading (the server's send blocks, so
     the body is not pulled) grows RSS by less than 20 MB over 100,000 1 KB updates; every
     data line it then sends is standard JSON, the latest update then the final state."""
+    from starlette.responses import StreamingResponse
+
     from resultstore.fastapi import progress_stream
 
     async with ResultStore.from_url(redis_server.url) as store:
         response = await progress_stream(store, "sse-slow", ping_interval=None)
+        assert isinstance(response, StreamingResponse)  # not the 204 of a finished task
         body = aiter(response.body_iterator)
 
         async def first() -> None:

@@ -28,11 +28,12 @@ from ._exceptions import (
 )
 from ._meta import ResultMeta
 from ._settings import SentinelSettings, StoreSettings, TLSSettings
-from ._store import ResultStore, StoreStatistics
+from ._store import PingResult, ResultStore, StoreStatistics
 
 __all__ = [
     "PayloadDecodeError",
     "PermissionDeniedError",
+    "PingResult",
     "ResultMeta",
     "ResultStore",
     "ResultStoreError",

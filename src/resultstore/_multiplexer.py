@@ -154,6 +154,18 @@ class Multiplexer:
         """Up, and every wanted channel confirmed and read."""
         return self._subs.healthy
 
+    def link_state(self) -> str:
+        """``idle`` (nobody has waited yet: no link), ``healthy`` (up, every wanted channel
+        confirmed and read), ``settling`` (up, some not yet), ``down`` (reconnecting) or
+        ``outage`` (the give-up clock has run out)."""
+        if self._clock.outage:
+            return "outage"
+        if not self._interest.is_set():
+            return "idle"
+        if not self._subs.connected:
+            return "down"
+        return "healthy" if self._subs.healthy else "settling"
+
     @property
     def outage(self) -> bool:
         """Whether the give-up clock has run out (new waits fail at once until health returns)."""

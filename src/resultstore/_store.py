@@ -59,6 +59,28 @@ class StoreStatistics:
     messages: int
 
 
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    """What :meth:`ResultStore.ping` saw: a readiness probe's answer.
+
+    Attributes:
+        latency: seconds of one PING round trip on the command pool.
+        pubsub: the Pub/Sub link: ``idle`` (nobody has waited yet, so no link is open),
+            ``healthy`` (up, every waited channel confirmed and read), ``settling`` (up, some
+            subscriptions not confirmed yet), ``down`` (reconnecting; waits still wait) or
+            ``outage`` (down for longer than ``reconnect_timeout``: new waits fail at once).
+            Always ``healthy`` for ``memory://``.
+    """
+
+    latency: float
+    pubsub: str
+
+    @property
+    def ok(self) -> bool:
+        """Commands answer and waits can be served (the link is not ``down`` or ``outage``)."""
+        return self.pubsub not in ("down", "outage")
+
+
 class ResultStore:
     """Task results in Redis (Celery's format), awaited without polling.
 
@@ -568,6 +590,19 @@ class ResultStore:
                 registry.remove(channel, fut)
             if span is not None:
                 _telemetry.finish(span, error, _telemetry.outcome_of(None, error))
+
+    async def ping(self) -> PingResult:
+        """A readiness probe: one round trip to Redis, and the Pub/Sub link's health.
+
+        Raises:
+            StoreConnectionError: Redis did not answer (unreachable, or refused the PING).
+            StoreClosedError: the store is not open.
+        """
+        self._check_usable()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await self._backend.ping()
+        return PingResult(latency=loop.time() - start, pubsub=self._backend.stats().link)
 
     def statistics(self) -> StoreStatistics:
         """A frozen snapshot of channels, waiters, connection state and counters."""

@@ -23,6 +23,9 @@ class BackendStats:
     messages: int
     message_bytes: int = 0
     """Bytes of the payloads of those messages."""
+    link: str = "healthy"
+    """The Pub/Sub link: ``idle``, ``healthy``, ``settling``, ``down`` or ``outage``
+    (`ResultStore.ping`)."""
 
 
 class Backend(Protocol):
@@ -46,6 +49,10 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Release connections. Idempotent."""
+        ...
+
+    async def ping(self) -> None:
+        """One round trip to the storage."""
         ...
 
     async def get(self, key: bytes) -> bytes | None:

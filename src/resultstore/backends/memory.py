@@ -39,6 +39,9 @@ class MemoryBackend:
     def outage_error(self, task_id: str | None) -> None:
         """Memory is never away: always ``None``."""
 
+    async def ping(self) -> None:
+        """Nothing to reach."""
+
     def _on_join(self, channel: bytes) -> None:
         registry = self._registry
         registry.deliver_check(channel, self._lookup(channel), registry.check_token())

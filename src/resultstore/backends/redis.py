@@ -138,6 +138,7 @@ class RedisBackend:
             reconnects=mux.reconnects,
             messages=mux.messages,
             message_bytes=mux.message_bytes,
+            link=mux.link_state(),
         )
 
     async def run(self) -> None:
@@ -173,6 +174,11 @@ class RedisBackend:
             if self._closed:  # the pool was closed under the call: not an outage
                 raise StoreClosedError(f"{what} was cut short: the ResultStore was closed") from exc
             raise
+
+    async def ping(self) -> None:
+        """PING on the command pool."""
+        async with self._translated("PING"):
+            await self._client.ping()
 
     async def get(self, key: bytes) -> bytes | None:
         """GET."""
