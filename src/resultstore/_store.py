@@ -333,17 +333,21 @@ class ResultStore:
             )
         return max(1, round(seconds * 1000)) if seconds else None
 
-    async def forget(self, task_id: str) -> None:
+    async def forget(self, task_id: str) -> bool:
         """Delete the task's stored result. Pending waiters of that id keep waiting.
 
         Outages are retried like ``set()``'s (deleting twice is harmless).
+
+        Returns:
+            True if a result was stored and is now deleted, False if there was none. After a
+            retry whose first attempt's answer was lost, False may mean that attempt deleted it.
 
         Raises:
             StoreConnectionError: Redis stayed unreachable for the whole write budget
                 (``WriteOutcomeUnknown`` when the key may have been deleted).
         """
         self._check_usable()
-        await self._backend.delete(self._keys.key(task_id))
+        return await self._backend.delete(self._keys.key(task_id))
 
     # -- waiting -----------------------------------------------------------------------------------
 
