@@ -106,7 +106,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
     tmp = tmp_path_factory.mktemp("packaging")
     wheel = build_wheel(tmp / "dist")
     root = tmp / "venv"
-    pip = [root / "bin" / "python", "-m", "pip"]
+    pip: list[str | Path] = [root / "bin" / "python", "-m", "pip"]
     _ok(sys.executable, "-m", "venv", root)
     _ok(*pip, "install", "-q", "pytest==8.2.0", "pluggy==1.5.0", wheel)
     project = tmp / "unrelated"
