@@ -397,10 +397,14 @@ class ResultStore:
             )
         return max(1, round(seconds * 1000)) if seconds else None
 
-    async def forget(self, task_id: str) -> None:
+    async def forget(self, task_id: str) -> bool:
         """Delete the task's stored result. Pending waiters of that id keep waiting.
 
         Outages are retried like ``set()``'s (deleting twice is harmless).
+
+        Returns:
+            True if a result was stored and is now deleted, False if there was none. After a
+            retry whose first attempt's answer was lost, False may mean that attempt deleted it.
 
         Raises:
             StoreConnectionError: Redis stayed unreachable for the whole write budget
@@ -409,9 +413,8 @@ class ResultStore:
         self._check_usable()
         if _telemetry.ENABLED:
             with _telemetry.span("forget", self._otel["DEL"], task_id):
-                await self._backend.delete(self._keys.key(task_id))
-            return
-        await self._backend.delete(self._keys.key(task_id))
+                return await self._backend.delete(self._keys.key(task_id))
+        return await self._backend.delete(self._keys.key(task_id))
 
     # -- waiting -----------------------------------------------------------------------------------
 

@@ -67,6 +67,6 @@ class Backend(Protocol):
         """Store and publish ``payload`` atomically unless a SUCCESS is stored; True if written."""
         ...
 
-    async def delete(self, key: bytes) -> None:
-        """Remove the stored payload."""
+    async def delete(self, key: bytes) -> bool:
+        """Remove the stored payload; True if there was one."""
         ...

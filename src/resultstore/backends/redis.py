@@ -326,14 +326,16 @@ class RedisBackend:
                     _telemetry.WRITE_RETRIES.add(1, {"db.operation.name": operation})
                 await asyncio.sleep(pause)
 
-    async def delete(self, key: bytes) -> None:
-        """DEL, retried like a write (deleting twice is harmless)."""
+    async def delete(self, key: bytes) -> bool:
+        """DEL, retried like a write (deleting twice is harmless); True if a key was deleted.
+
+        A retry after an attempt whose answer was lost finds nothing, and says False.
+        """
 
         async def attempt() -> bool:
-            await self._client.delete(key)
-            return True
+            return bool(await self._client.delete(key))
 
-        await self._retrying("DEL", attempt, "DEL")
+        return await self._retrying("DEL", attempt, "DEL")
 
 
 class _NotDurableError(RedisConnectionError):
