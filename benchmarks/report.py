@@ -248,6 +248,40 @@ def _peers(data: dict[str, Any]) -> list[Row]:
     return out
 
 
+def _otel(data: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    per_call = data.get("wait_for_us")
+    if per_call:
+        for mode, label in (("api", "API, no SDK"), ("sdk", "SDK configured")):
+            us = per_call[mode] - per_call["none"]
+            out.append(
+                Row(
+                    "7 OpenTelemetry cost",
+                    f"wait_for CPU per call (memory://), {label}",
+                    f"{per_call[mode]:.2f} us",
+                    f"no API {per_call['none']:.2f} us",
+                    f"+{us:.2f} us",
+                )
+            )
+    for n, by_mode in data["sizes"].items():
+        none = by_mode["none"]
+        for mode, label, bound in (("api", "API, no SDK", 1.03), ("sdk", "SDK configured", None)):
+            cost = by_mode[mode]["cost"]
+            target, met = ("", None) if bound is None else _check(cost, bound, at_most=True)
+            out.append(
+                Row(
+                    "7 OpenTelemetry cost",
+                    f"wake p50 @ {int(n):,} waiters, {label}",
+                    _ms(by_mode[mode]["store_p50_ms"]),
+                    f"no API {_ms(none['store_p50_ms'])}",
+                    _x(cost),
+                    target,
+                    met,
+                )
+            )
+    return out
+
+
 _Builder = Callable[[dict[str, Any]], list[Row]]
 """Turns a scenario's JSON into its rows."""
 
@@ -258,6 +292,7 @@ _BUILDERS: dict[str, _Builder] = {
     "writes": _writes,
     "footprint": _footprint,
     "peers": _peers,
+    "otel": _otel,
 }
 
 

@@ -35,7 +35,7 @@ from . import report
 from ._common import ROOT, run_json
 
 RESULTS = ROOT / "benchmarks" / "results"
-SCENARIOS = ("wake", "throughput", "arming", "writes", "footprint", "peers")
+SCENARIOS = ("wake", "throughput", "arming", "writes", "footprint", "peers", "otel")
 TITLES = {
     "wake": "1 wake latency (1, 1,000, 10,000 waiters)",
     "throughput": "2 completion throughput",
@@ -43,6 +43,7 @@ TITLES = {
     "writes": "4 write throughput",
     "footprint": "5 footprint (memory, connections)",
     "peers": "6 peers (Celery, taskiq-redis, arq)",
+    "otel": "7 OpenTelemetry cost (wake without the API, API without SDK, SDK)",
 }
 SETUPS = {"uvloop": ("uvloop", "main"), "valkey": ("asyncio", "valkey")}
 """The other setups of `report.ON_EVERY_SETUP`: event loop, and server (the main one or Valkey)."""

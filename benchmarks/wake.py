@@ -11,20 +11,27 @@ neighbour's burst of CPU use spoils the tail of the round it lands in, so the fi
 over rounds of the per-round p50, p99 and max, and each ratio is the median over the ABBA pairs of
 store / floor (the two rounds of a pair run back to back).
 
-``--loop uvloop`` runs it all, floor and store, on uvloop (`_common.run_on`).
+``--loop uvloop`` runs it all, floor and store, on uvloop (`_common.run_on`). ``--otel
+none|api|sdk`` runs it without the OpenTelemetry API, with it and no SDK (the default, as
+installed), or with an SDK configured (`_otel`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from resultstore import ResultStore
+from . import _otel
 
-from ._common import (
+OTEL = _otel.from_argv(sys.argv)  # before resultstore is imported: "none" blocks the API
+
+from resultstore import ResultStore  # noqa: E402
+
+from ._common import (  # noqa: E402
     KEY_PREFIX,
     Producer,
     async_client,
@@ -36,8 +43,8 @@ from ._common import (
     run_on,
     scenario_args,
 )
-from ._waiting import settle, store_armed, store_idle
-from .floor import FloorSubscriber
+from ._waiting import settle, store_armed, store_idle  # noqa: E402
+from .floor import FloorSubscriber  # noqa: E402
 
 PACE = 0.001
 Round = Callable[[str, Producer, aioredis.Redis, int, int], Awaitable[list[float]]]
@@ -164,7 +171,10 @@ def _figures(per_round: dict[str, list[list[float]]]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    args = scenario_args(__doc__ or "", loops=True).parse_args()
+    parser = scenario_args(__doc__ or "", loops=True)
+    parser.add_argument("--otel", choices=_otel.MODES, default="api", help="OpenTelemetry")
+    args = parser.parse_args()
+    _otel.configure(args.otel)
     with Producer(args.url) as producer_:
         result = run_on(args.loop, main(args.url, producer_, quick=args.quick))
-    emit({"scenario": "wake", "loop": args.loop, **result})
+    emit({"scenario": "wake", "loop": args.loop, "otel": OTEL, **result})

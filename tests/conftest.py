@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 import redis.asyncio
 
 from resultstore import ResultStore
-from resultstore.testing import RedisServer
+
+if TYPE_CHECKING:  # imported by pytest_plugins below, after pytest can rewrite its asserts
+    from resultstore.testing import RedisServer
+
+# The plugin is opt-in (no pytest11 entry point): this suite turns it on as any project would.
+pytest_plugins = ["resultstore.testing"]
 
 
 @pytest.fixture

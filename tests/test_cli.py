@@ -32,6 +32,7 @@ SCRIPT = Path(sys.executable).parent / "resultstore"
 RUN_TIMEOUT = 30.0
 KEY_PREFIX = "celery-task-meta-"
 ERROR_PREFIX = "resultstore: error: "
+ELAPSED = r"{}  \(after \d+\.\d s\)\n"  # a human ``watch`` line: the update, then the time
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -307,14 +308,67 @@ def test_forget_deletes_the_result(redis_server: RedisServer) -> None:
     proc = cli("forget", task_id, "--url", url)
     assert proc.returncode == 0, proc.stderr
     assert f"forgot {task_id}" in proc.stdout
-    [record] = json_lines(cli("--json", "forget", task_id, "--url", url).stdout)
-    assert record == {"task_id": task_id, "forgotten": True}
     client = redis_server.client()
     try:
         assert client.exists(KEY_PREFIX + task_id) == 0
     finally:
         client.close()
     assert json_lines(cli("get", task_id, "--json", "--url", url).stdout)[0]["status"] == "PENDING"
+
+
+def test_forget_says_whether_something_was_there(redis_server: RedisServer) -> None:
+    """``forget`` reports ``forgotten: true`` only when a result was stored; forgetting an
+    unknown id (or twice) says there was nothing, with exit 0 (nothing to do is no error)."""
+    task_id = new_id()
+    url = redis_server.url
+    assert cli("set", task_id, "1", "--url", url).returncode == 0
+    [first] = json_lines(cli("--json", "forget", task_id, "--url", url).stdout)
+    assert first == {"task_id": task_id, "forgotten": True}
+    again = cli("--json", "forget", task_id, "--url", url)
+    assert again.returncode == 0, again.stderr
+    assert json_lines(again.stdout) == [{"task_id": task_id, "forgotten": False}]
+    unknown = new_id()
+    human = cli("forget", unknown, "--url", url)
+    assert human.returncode == 0, human.stderr
+    assert human.stdout == f"nothing stored for {unknown}: nothing to forget\n"
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("progress", "PROGRESS"), ("Started", "STARTED"), ("failure", "FAILURE")],
+)
+def test_set_normalises_known_state_names(
+    redis_server: RedisServer, given: str, stored: str
+) -> None:
+    """A known state in any case is stored upper case (``--state progress`` is PROGRESS)."""
+    task_id = new_id()
+    url = redis_server.url
+    [record] = json_lines(
+        cli("--json", "set", task_id, '"x"', "--state", given, "--url", url).stdout
+    )
+    assert record["status"] == stored
+    assert json_lines(cli("--json", "get", task_id, "--url", url).stdout)[0]["status"] == stored
+
+
+def test_set_refuses_an_unknown_state_unless_forced(redis_server: RedisServer) -> None:
+    """A misspelled ``SUCESS`` is refused (exit 5, nothing stored): stored, its waiters would
+    hang. ``--force`` stores a custom state as given."""
+    task_id = new_id()
+    url = redis_server.url
+    line = assert_one_error(cli("set", task_id, "1", "--state", "SUCESS", "--url", url), 5)
+    assert "unknown state 'SUCESS'" in line, line
+    assert "--force" in line, line
+    client = redis_server.client()
+    try:
+        assert client.exists(KEY_PREFIX + task_id) == 0
+    finally:
+        client.close()
+    forced = cli("--json", "set", task_id, "1", "--state", "Uploading", "--force", "--url", url)
+    assert forced.returncode == 0, forced.stderr
+    assert json_lines(forced.stdout)[0]["status"] == "Uploading"
+    assert (
+        json_lines(cli("--json", "get", task_id, "--url", url).stdout)[0]["status"] == "Uploading"
+    )
 
 
 # -- wait -----------------------------------------------------------------------------------
@@ -474,20 +528,39 @@ def test_watch_human_lines_and_failure_exit_code(redis_server: RedisServer) -> N
     url = redis_server.url
     with spawn("watch", task_id, "--url", url) as proc:
         assert proc.stdout is not None
-        assert proc.stdout.readline() == "PENDING\n"
+        assert re.fullmatch(ELAPSED.format("PENDING"), proc.stdout.readline())
+        time.sleep(0.3)
         assert cli("set", task_id, "[1, 2]", "--state", "PROGRESS", "--url", url).returncode == 0
-        assert proc.stdout.readline() == "PROGRESS [1, 2]\n"
+        progress = proc.stdout.readline()
+        assert re.fullmatch(ELAPSED.format(re.escape("PROGRESS [1, 2]")), progress), progress
         assert cli("set", task_id, "oops", "--state", "FAILURE", "--url", url).returncode == 0
         out, err = proc.communicate(timeout=RUN_TIMEOUT)
     assert proc.returncode == 1, err
-    assert out == 'FAILURE Exception("oops")\n'
+    assert re.fullmatch(ELAPSED.format(re.escape('FAILURE Exception("oops")')), out), out
+    assert float(progress.rsplit("after ", 1)[1].split()[0]) >= 0.3
+
+
+def test_watch_json_lines_carry_the_elapsed_time(redis_server: RedisServer) -> None:
+    """Under --json each ``watch`` line has ``elapsed``: seconds since the watch began."""
+    task_id = new_id()
+    url = redis_server.url
+    with spawn("--json", "watch", task_id, "--url", url) as proc:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        time.sleep(0.3)
+        assert cli("set", task_id, '"ok"', "--url", url).returncode == 0
+        out, err = proc.communicate(timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, err
+    [last] = json_lines(out)
+    assert 0 <= first["elapsed"] < last["elapsed"]
+    assert last["elapsed"] >= 0.3
 
 
 def test_watch_timeout_exits_3(redis_server: RedisServer) -> None:
     """``watch --timeout`` gives up with exit 3 after printing the current state."""
     proc = cli("watch", new_id(), "--timeout", "0.5", "--url", redis_server.url)
     assert_one_error(proc, 3)
-    assert proc.stdout == "PENDING\n"
+    assert re.fullmatch(ELAPSED.format("PENDING"), proc.stdout), proc.stdout
 
 
 # -- connection settings and errors ---------------------------------------------------------
@@ -622,21 +695,137 @@ def test_server_down_is_one_line_exit_4(redis_server: RedisServer) -> None:
     assert_one_error(proc, 4)
 
 
-def test_json_output_works_without_rich(redis_server: RedisServer, tmp_path: Path) -> None:
-    """--json needs no rich; human output without rich fails with one line and the install
-    hint (the ``cli`` extra)."""
+def block_rich(tmp_path: Path) -> dict[str, str]:
+    """An environment in which ``import rich`` fails, as on a plain install."""
     blocker = tmp_path / "rich"
     blocker.mkdir()
     (blocker / "__init__.py").write_text("raise ImportError('rich is blocked for this test')\n")
-    env = _env(PYTHONPATH=str(tmp_path))
+    return _env(PYTHONPATH=str(tmp_path))
+
+
+def test_every_command_works_without_rich_in_plain_text(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Without rich (a plain install) human output is plain text, the same text as with rich
+    (rich prints no colour into a pipe): it does not fail with "needs rich"."""
+    env = block_rich(tmp_path)
     task_id = new_id()
     url = redis_server.url
+    for args in (
+        ["set", task_id, '{"answer": 42}'],
+        ["get", task_id],
+        ["wait", task_id],
+        ["watch", task_id],
+        ["ping"],
+        ["forget", task_id],
+    ):
+        plain = cli(*args, "--url", url, env=env)
+        assert plain.returncode == 0, (args, plain.stderr)
+        assert plain.stderr == ""
+        if args[0] in ("set", "forget"):
+            continue  # writes: run once
+        with_rich = cli(*args, "--url", url)
+        if args[0] == "ping":
+            assert plain.stdout.splitlines()[:3] == with_rich.stdout.splitlines()[:3]
+        else:
+            assert re.sub(r"\d+\.\d s", "", plain.stdout) == re.sub(
+                r"\d+\.\d s", "", with_rich.stdout
+            )
+    after = cli("get", task_id, "--url", url, env=env).stdout
+    assert re.search(r"^status:\s+PENDING$", after, re.MULTILINE), after
     [stored] = json_lines(cli("--json", "set", task_id, "1", "--url", url, env=env).stdout)
     assert stored["written"] is True
-    proc = cli("--json", "wait", task_id, "--url", url, env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert json_lines(proc.stdout)[0]["result"] == 1
 
-    human = cli("get", task_id, "--url", url, env=env)
-    line = assert_one_error(human, 6)
-    assert 'pip install "resultstore[cli]"' in line
+
+def test_version_and_python_dash_m(tmp_path: Path) -> None:
+    """``--version`` prints the installed distribution's version; ``python -m resultstore``
+    is the same command."""
+    from importlib.metadata import version
+
+    import resultstore
+
+    proc = cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"resultstore {version('resultstore')}\n"
+    assert resultstore.__version__ == version("resultstore")
+    module = subprocess.run(
+        [sys.executable, "-m", "resultstore", "--version"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert (module.returncode, module.stdout) == (0, proc.stdout), module.stderr
+    helped = subprocess.run(
+        [sys.executable, "-m", "resultstore", "get", "x", "--url", "memory://", "--json"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert json_lines(helped.stdout)[0]["status"] == "PENDING"
+
+
+def json_error(proc: subprocess.CompletedProcess[str], code: int) -> dict[str, Any]:
+    """Under --json the command failed with ``code`` and one JSON error object on stdout."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    [record] = json_lines(proc.stdout)
+    assert set(record) == {"error", "kind", "exit_code"}, record
+    assert record["exit_code"] == code
+    assert "Traceback" not in proc.stdout + proc.stderr
+    return record
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "kind"),
+    [
+        pytest.param(["get"], 5, "usage", id="usage"),
+        pytest.param(["set", "x", "1", "--state", "SUCESS"], 5, "usage", id="state"),
+        pytest.param(["get", "x", "--url", "ftp://h/0"], 5, "settings", id="settings"),
+        pytest.param(["wait", "x", "--timeout", "0", "--url", "memory://"], 3, "timeout", id="to"),
+    ],
+)
+def test_json_errors_are_json_on_stdout(args: list[str], code: int, kind: str) -> None:
+    """Under --json every error is one JSON object on stdout with its kind and exit code."""
+    record = json_error(cli("--json", *args), code)
+    assert record["kind"] == kind
+
+
+@pytest.mark.parametrize("command", ["get", "set", "forget", "wait", "watch", "ping"])
+def test_wrong_password_is_the_same_error_in_every_command(
+    redis_auth_server: RedisServer, command: str
+) -> None:
+    """A rejected password is one classification everywhere: kind ``credentials``, exit 4,
+    "refused the credentials", never "unreachable"."""
+    url = redis_auth_server.url_for(password="Wr0ng-Pa55word-zq")
+    args = {"set": ["set", new_id(), "1"], "ping": ["ping"]}.get(command, [command, new_id()])
+    record = json_error(cli("--json", *args, "--url", url), 4)
+    assert record["kind"] == "credentials", record
+    assert "refused the credentials" in record["error"], record
+    assert "unreachable" not in record["error"].lower(), record
+    assert "Wr0ng" not in record["error"]
+
+
+@pytest.mark.parametrize("command", ["get", "ping", "set"])
+def test_missing_ca_file_is_a_settings_error(redis_tls_server: RedisServer, command: str) -> None:
+    """A CA file that does not exist is a settings error (exit 5) naming the file, in every
+    command, not "unreachable" (exit 4)."""
+    url = redis_tls_server.url.split("?")[0] + "?ssl_ca_certs=/nonexistent/ca.pem"
+    args = {"set": ["set", new_id(), "1"], "ping": ["ping"]}.get(command, [command, new_id()])
+    line = assert_one_error(cli(*args, "--url", url), 5)
+    assert "/nonexistent/ca.pem" in line, line
+    record = json_error(cli("--json", *args, "--url", url), 5)
+    assert record["kind"] == "settings", record
+
+
+@pytest.mark.parametrize("command", ["get", "ping"])
+def test_tls_to_a_plain_server_says_so(redis_server: RedisServer, command: str) -> None:
+    """``rediss://`` to a server that does not speak TLS: the error hints at TLS (exit 4)."""
+    url = f"rediss://{redis_server.host}:{redis_server.port}/0"
+    args = ["ping"] if command == "ping" else [command, new_id()]
+    env = _env(RESULTSTORE_SOCKET_CONNECT_TIMEOUT="1", RESULTSTORE_SOCKET_TIMEOUT="1")
+    line = assert_one_error(cli(*args, "--url", url, env=env), 4)
+    assert "does this port speak TLS?" in line, line

@@ -93,3 +93,24 @@ def test_states_match_celery() -> None:
 def test_wait_for_docstring_explains_the_difference_from_asyncio() -> None:
     doc = inspect.getdoc(resultstore.ResultStore.wait_for) or ""
     assert "asyncio.wait_for" in doc
+
+
+def test_version_comes_from_the_installed_distribution() -> None:
+    """``resultstore.__version__`` is the one version: the distribution's (pyproject.toml's)."""
+    from importlib.metadata import version
+
+    assert resultstore.__version__ == version("resultstore")
+    assert "__version__" not in resultstore.__all__
+
+
+async def test_forget_returns_whether_a_result_was_there() -> None:
+    """``forget()`` returns True when it deleted a result, False when none was stored (a
+    backward-compatible widening of its former None)."""
+    async with resultstore.ResultStore.from_url("memory://") as store:
+        await store.set("t1", 1)
+        assert await store.forget("t1") is True
+        assert await store.forget("t1") is False
+        assert await store.forget("never-stored") is False
+    doc = inspect.getdoc(resultstore.ResultStore.forget) or ""
+    assert "True" in doc
+    assert "False" in doc

@@ -385,7 +385,7 @@ def test_blocks(redis_server, redis_unix_server, {extra}):
 
 def child_env(**overrides: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)  # the plugin loads via its entry point
+    env.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
     env.pop("PYTEST_ADDOPTS", None)
     env.pop("CI", None)
     env.update(overrides)
@@ -407,6 +407,8 @@ def child_argv(tmp_path: Path, test_file: Path) -> list[str]:
         "-m",
         "pytest",
         str(test_file),
+        "-p",
+        "resultstore.testing",  # opt-in, as in any project
         "-p",
         "no:cacheprovider",
         "-rA",

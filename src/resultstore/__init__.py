@@ -29,6 +29,7 @@ from ._exceptions import (
 from ._meta import ResultMeta
 from ._settings import SentinelSettings, StoreSettings, TLSSettings
 from ._store import PingResult, ResultStore, StoreStatistics
+from ._version import __version__ as __version__
 
 __all__ = [
     "PayloadDecodeError",
@@ -49,3 +50,4 @@ __all__ = [
     "WriteOutcomeUnknown",
     "states",
 ]
+# __version__ (the installed distribution's version) is an attribute, not an export of __all__.

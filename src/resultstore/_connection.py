@@ -251,7 +251,8 @@ class Connector:
             _tls_files("sentinel_kwargs.ssl.", settings.sentinel_kwargs.ssl)
         )
         for message in settings.security_warnings():
-            logger.warning(message)
+            extra = {"node": self._description, "reason": "insecure TLS", "event": "settings"}
+            logger.warning(message, extra=extra)
 
     @property
     def settings(self) -> StoreSettings:
@@ -448,7 +449,9 @@ class Connector:
                     if message is not None:
                         await self._on_announcement(message["channel"], message["data"])
             except (RedisError, OSError) as exc:
-                logger.debug("following a sentinel: %s", self._scrub(explain(exc)))
+                reason = self._scrub(explain(exc))
+                extra = {"node": self._description, "reason": reason, "event": "sentinel"}
+                logger.debug("following a sentinel: %s", reason, extra=extra)
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -469,7 +472,10 @@ class Connector:
         pool = self._client.connection_pool if self._client is not None else None
         if master != self._settings.master_name or not isinstance(pool, _FollowingPool):
             return
-        logger.info("sentinel announced %s: master %s is now %s:%s", name, master, host, port)
+        extra = {"node": f"{host}:{port}", "reason": name, "event": "failover"}
+        logger.info(
+            "sentinel announced %s: master %s is now %s:%s", name, master, host, port, extra=extra
+        )
         await pool.announce((host, int(port)))
         for link in list(self._links):
             if not _same((getattr(link, "host", None), getattr(link, "port", None)), (host, port)):

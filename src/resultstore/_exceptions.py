@@ -35,6 +35,10 @@ __all__ = [
 class ResultStoreError(Exception):
     """Root of every error resultstore raises on purpose."""
 
+    # What _translate diagnosed ("credentials", "tls", "tls-files", "unreachable", ...), for
+    # the command's one classification of every error; None when the error is not translated.
+    _reason: str | None = None
+
 
 class ResultTimeout(ResultStoreError, TimeoutError):
     """``wait_for`` or ``as_completed`` reached its own ``timeout`` before the result was ready.

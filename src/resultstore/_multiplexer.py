@@ -31,6 +31,7 @@ import anyio
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
+from . import _telemetry
 from ._codec import OFFLOAD_THRESHOLD
 from ._connection import Connector, explain, is_config_error
 from ._exceptions import (
@@ -40,6 +41,7 @@ from ._exceptions import (
     StoreConnectionError,
 )
 from ._health import HealthClock, Liveness, budget
+from ._outage_log import OutageLog
 from ._resp import pack, reply_reader
 from ._subscriptions import ChannelState, Command, LinkError, ProtocolViolation, Subscriptions
 from ._translate import keep_cancellation
@@ -116,8 +118,12 @@ class Multiplexer:
         self._interest = asyncio.Event()
         self._last_error = "not connected yet"
         self._links = 0
+        self._node = connector.describe()
+        self._outage_log = OutageLog(logger, self._node)
+        self._link_started = 0.0
         self.reconnects = 0
         self.messages = 0
+        self.message_bytes = 0
         registry.attach(on_join=self._on_join, on_leave=self._on_leave)
 
     # -- registry hooks (called synchronously from wait_for / watch) -------------------------------
@@ -209,6 +215,8 @@ class Multiplexer:
                     continue
                 if self._links:
                     self.reconnects += 1
+                    if _telemetry.ENABLED:
+                        _telemetry.RECONNECTS.add(1, {"resultstore.node": self._node})
                 self._links += 1
                 started = loop.time()
                 try:
@@ -216,7 +224,9 @@ class Multiplexer:
                 finally:
                     await self._lost(conn)
                 self._last_error = reason = self._connector.scrub(reason)
-                logger.warning("resultstore Pub/Sub connection lost (%s); reconnecting", reason)
+                self._outage_log.failed(
+                    "pubsub.lost", "resultstore Pub/Sub connection lost; reconnecting", reason
+                )
                 # A link that dies young keeps the backoff growing: no reconnect storms.
                 attempt = 0 if loop.time() - started >= _STABLE_AFTER else attempt + 1
                 await anyio.sleep(_backoff(attempt) if attempt else random.uniform(0, 0.05))
@@ -226,7 +236,11 @@ class Multiplexer:
         if is_config_error(exc):
             # Retrying cannot fix a wrong password or certificate: tell the waiters now.
             self._registry.fail_all(self._config_error)
-        logger.warning("resultstore cannot connect its Pub/Sub connection: %s", self._last_error)
+        self._outage_log.failed(
+            "pubsub.connect_failed",
+            "resultstore cannot connect its Pub/Sub connection",
+            self._last_error,
+        )
 
     async def _lost(self, conn: AbstractConnection) -> None:
         liveness = self._liveness
@@ -259,7 +273,12 @@ class Multiplexer:
             since = self._down_since
         if self._clock.observe(asyncio.get_running_loop().time(), since):
             failed = self._registry.fail_all(self.outage_error)
-            logger.warning("resultstore gave up on %d waited task(s): %s", failed, self._last_error)
+            logger.warning(
+                "resultstore gave up on %d waited task(s): %s",
+                failed,
+                self._last_error,
+                extra={"node": self._node, "reason": self._last_error, "event": "outage"},
+            )
             # With every waiter gone nothing is wanted, and a link that connects but never
             # confirms a subscription would look healthy: the probe, unsettled since the outage
             # began, keeps the outage declared until a subscription is confirmed and read again.
@@ -270,6 +289,14 @@ class Multiplexer:
             self._probing = False
             self._subs.unwant(self._probe)
             self._wake.set()
+        # Recovered once the link has served for a while: a flapping link stays one outage.
+        if (
+            self._outage_log.active
+            and self._conn is not None
+            and self._subs.healthy
+            and asyncio.get_running_loop().time() - self._link_started >= _STABLE_AFTER
+        ):
+            self._outage_log.recovered()
 
     # -- one link ----------------------------------------------------------------------------------
 
@@ -282,6 +309,7 @@ class Multiplexer:
             interval=self._ping_interval, timeout=self._ping_timeout, now=loop.time()
         )
         self._down_since = None
+        self._link_started = loop.time()
         self._subs.link_up()
         self._registry.new_connection()
         self._to_check.clear()
@@ -318,6 +346,7 @@ class Multiplexer:
                     channel, payload = reply[1], reply[2]
                     subs.on_message(channel)
                     self.messages += 1
+                    self.message_bytes += len(payload)
                     # needs_offload, inlined: large, or Celery's compressed-payload magic.
                     if self._slow or len(payload) > _OFFLOAD or payload.startswith(b"\x00"):
                         # In order, with the connection it came on (it may be delivered later).
@@ -411,7 +440,13 @@ class Multiplexer:
                     decoded = await registry.decode_off_loop(channel, payload)
                 except Exception as exc:  # nothing a publisher sends may stop the reader
                     decoded = PayloadDecodeError(f"undecodable: {exc!r}", task_id="?")
-                    logger.warning("resultstore could not decode a message: %r", exc)
+                    reason = self._connector.scrub(repr(exc))
+                    extra = {"node": self._node, "reason": reason, "event": "decode_failed"}
+                    task_id = registry.task_id(channel)
+                    if task_id is not None:
+                        extra["task_id"] = task_id
+                    message = "resultstore could not decode a message: %s"
+                    logger.warning(message, reason, extra=extra)
                 if decoded is not None:
                     registry.deliver_message(channel, payload, decoded, epoch)
             self._slow.popleft()
@@ -453,7 +488,12 @@ class Multiplexer:
                 if not isinstance(exc, OSError | RedisError | TimeoutError):
                     # e.g. redis-py's AttributeError when the link's loss closed the reader's
                     # connection under a read: a connection problem all the same.
-                    logger.debug("resultstore check failed: %r", exc)
+                    reason = self._connector.scrub(repr(exc))
+                    logger.debug(
+                        "resultstore check failed: %s",
+                        reason,
+                        extra={"node": self._node, "reason": reason, "event": "check_failed"},
+                    )
                 # A restarted server fails the first command on a stale connection, and a busy
                 # one answers BUSY for a while: retry while anybody still waits (the health
                 # clock fails the waiters if this takes too long).
@@ -471,7 +511,9 @@ class Multiplexer:
                         decoded = PayloadDecodeError(f"undecodable: {exc!r}", task_id="?")
                     if decoded is None:
                         continue  # nobody waits any more
-                registry.deliver_ready(channel, value, decoded)
+                if registry.deliver_ready(channel, value, decoded) and _telemetry.ENABLED:
+                    after = {"resultstore.after_reconnect": registry.epoch > 1}
+                    _telemetry.RECOVERED.add(1, after)
                 if registry.watched(channel):
                     watched.append((channel, value, decoded))
                 self._subs.on_checked(channel, ticket)

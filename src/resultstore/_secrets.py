@@ -83,6 +83,7 @@ class Scrubber:
 
 
 _FORMATTER: Final = logging.Formatter()
+_EXTRA_TEXT: Final = ("reason", "node", "task_id")
 
 
 class SecretFilter(logging.Filter):
@@ -101,6 +102,10 @@ class SecretFilter(logging.Filter):
         """Scrub ``record`` in place; always keep it."""
         record.msg = self._scrub(record.getMessage())
         record.args = ()
+        for field in _EXTRA_TEXT:  # the structured fields resultstore adds (``extra=``)
+            value = record.__dict__.get(field)
+            if isinstance(value, str):
+                record.__dict__[field] = self._scrub(value)
         if record.exc_info:
             record.exc_text = _FORMATTER.formatException(record.exc_info)
             record.exc_info = None

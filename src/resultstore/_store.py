@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from typing import Any, Final, Literal, Self
 
 import anyio
 
+from . import _telemetry
 from ._codec import check_size, decode_result, encode_result, needs_offload
 from ._exceptions import ResultStoreError, ResultTimeout, StoreClosedError, StoreConnectionError
 from ._keys import KeyScheme
@@ -29,6 +31,7 @@ __all__ = ["ResultStore", "StoreStatistics"]
 
 _CLOSE_TIMEOUT: Final = 5.0
 _LAST_LOOK: Final = 0.5  # the read before a wait gives up: bounded, so it never hangs itself
+_OPERATIONS: Final = ("GET", "MGET", "EVALSHA", "DEL")  # db.operation.name of get ... forget
 
 logger = logging.getLogger("resultstore")
 
@@ -115,6 +118,13 @@ class ResultStore:
 
             self._backend = RedisBackend(s, self._registry)
         self._state: Literal["new", "open", "closed"] = "new"
+        self._otel: dict[str, dict[str, str | int | bool]] = {}
+        if _telemetry.ENABLED:
+            node = self._backend.describe()
+            _telemetry.register(self, node)
+            base = _telemetry.attributes(s, node)
+            self._otel = {op: {**base, "db.operation.name": op} for op in _OPERATIONS}
+            self._otel["wait"] = base
         self._runner: asyncio.Task[None] | None = None
         self._failure: Exception | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -172,7 +182,10 @@ class ResultStore:
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(self._backend.run)
         except Exception as exc:  # a bug, not a Redis outage (those are handled inside)
-            logger.exception("resultstore background task failed; the store is unusable")
+            logger.exception(
+                "resultstore background task failed; the store is unusable",
+                extra={"node": self._backend.describe(), "reason": repr(exc), "event": "failed"},
+            )
             self._failure = exc
             message = f"the ResultStore's background task failed: {exc!r}"
             self._registry.fail_all(lambda _: StoreClosedError(message))
@@ -233,6 +246,13 @@ class ResultStore:
             PayloadDecodeError: the stored value is not a result document.
         """
         self._check_usable()
+        if _telemetry.ENABLED:
+            with _telemetry.span("get", self._otel["GET"], task_id) as span:
+                payload = await self._backend.get(self._keys.key(task_id))
+                _telemetry.BYTES_READ.add(len(payload or b""), self._otel["GET"])
+                meta = await self._decode(task_id, payload)
+                span.set_attribute("resultstore.status", meta.status)
+                return meta
         payload = await self._backend.get(self._keys.key(task_id))
         return await self._decode(task_id, payload)
 
@@ -256,6 +276,13 @@ class ResultStore:
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             return {}
+        if _telemetry.ENABLED:
+            with _telemetry.span("get_many", self._otel["MGET"]) as span:
+                span.set_attribute("db.operation.batch.size", len(ids))
+                values = await self._backend.mget([self._keys.key(t) for t in ids])
+                size = sum(len(v) for v in values if v)
+                _telemetry.BYTES_READ.add(size, self._otel["MGET"])
+                return {t: await self._decode(t, v) for t, v in zip(ids, values, strict=True)}
         values = await self._backend.mget([self._keys.key(t) for t in ids])
         return {t: await self._decode(t, v) for t, v in zip(ids, values, strict=True)}
 
@@ -306,6 +333,40 @@ class ResultStore:
             ResultStoreError: Redis refused the command (not retried).
         """
         self._check_usable()
+        if _telemetry.ENABLED:
+            with _telemetry.span("set", self._otel["EVALSHA"], task_id) as span:
+                span.set_attribute("resultstore.state", state)
+                written = await self._set(
+                    task_id,
+                    value,
+                    state,
+                    traceback,
+                    expires,
+                    children,
+                    group_id,
+                    parent_id,
+                    extended,
+                    span,
+                )
+                span.set_attribute("resultstore.written", written)
+                return written
+        return await self._set(
+            task_id, value, state, traceback, expires, children, group_id, parent_id, extended
+        )
+
+    async def _set(
+        self,
+        task_id: str,
+        value: Any,
+        state: str,
+        traceback: str | None,
+        expires: float | timedelta | None,
+        children: list[Any] | None,
+        group_id: str | None,
+        parent_id: str | None,
+        extended: Mapping[str, Any] | None,
+        span: Any = None,
+    ) -> bool:
         ttl_ms = self._ttl_ms(state, expires)
         payload = encode_result(
             task_id,
@@ -318,6 +379,9 @@ class ResultStore:
             extended=extended,
         )
         check_size(payload, self._settings.max_value_size)
+        if span is not None:
+            span.set_attribute("resultstore.payload.size", len(payload))
+            _telemetry.BYTES_WRITTEN.add(len(payload), self._otel["EVALSHA"])
         return await self._backend.write(self._keys.key(task_id), payload, ttl_ms=ttl_ms)
 
     def _ttl_ms(self, state: str, expires: float | timedelta | None) -> int | None:
@@ -333,17 +397,24 @@ class ResultStore:
             )
         return max(1, round(seconds * 1000)) if seconds else None
 
-    async def forget(self, task_id: str) -> None:
+    async def forget(self, task_id: str) -> bool:
         """Delete the task's stored result. Pending waiters of that id keep waiting.
 
         Outages are retried like ``set()``'s (deleting twice is harmless).
+
+        Returns:
+            True if a result was stored and is now deleted, False if there was none. After a
+            retry whose first attempt's answer was lost, False may mean that attempt deleted it.
 
         Raises:
             StoreConnectionError: Redis stayed unreachable for the whole write budget
                 (``WriteOutcomeUnknown`` when the key may have been deleted).
         """
         self._check_usable()
-        await self._backend.delete(self._keys.key(task_id))
+        if _telemetry.ENABLED:
+            with _telemetry.span("forget", self._otel["DEL"], task_id):
+                return await self._backend.delete(self._keys.key(task_id))
+        return await self._backend.delete(self._keys.key(task_id))
 
     # -- waiting -----------------------------------------------------------------------------------
 
@@ -366,6 +437,22 @@ class ResultStore:
             PayloadDecodeError: the task's payload is not a result document.
             StoreClosedError: the store is not open, or closed while waiting.
         """
+        if not _telemetry.ENABLED:
+            return await self._wait_for(task_id, timeout)
+        started = time.perf_counter()
+        meta: ResultMeta | None = None
+        exc: BaseException | None = None
+        with _telemetry.span("wait_for", self._otel["wait"], task_id, receive=True) as span:
+            try:
+                meta = await self._wait_for(task_id, timeout)
+            except BaseException as error:
+                exc = error
+                raise
+            finally:
+                _telemetry.track(span, started, time.perf_counter(), meta, exc)
+            return meta
+
+    async def _wait_for(self, task_id: str, timeout: float | None) -> ResultMeta:
         _check_timeout(timeout)
         try:
             self._check_open(task_id)
@@ -421,18 +508,29 @@ class ResultStore:
             PayloadDecodeError: a payload is not a result document.
             StoreClosedError: the store is not open, or closed while watching.
         """
-        self._check_open(task_id)
-        registry = self._registry
-        channel = self._keys.key(task_id)
-        watcher = registry.watcher(channel, task_id)
+        span = _telemetry.start("watch", self._otel["wait"], task_id) if self._otel else None
+        error: BaseException | None = None
+        status: str | None = None
         try:
-            while True:
-                meta = await watcher.next()
-                yield meta
-                if meta.ready:
-                    return
+            self._check_open(task_id)
+            registry = self._registry
+            channel = self._keys.key(task_id)
+            watcher = registry.watcher(channel, task_id)
+            try:
+                while True:
+                    meta = await watcher.next()
+                    status = meta.status
+                    yield meta
+                    if meta.ready:
+                        return
+            finally:
+                registry.remove(channel, watcher)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            registry.remove(channel, watcher)
+            if span is not None:
+                _telemetry.finish(span, error, _telemetry.outcome_of(status, error))
 
     async def as_completed(
         self, task_ids: Iterable[str], *, timeout: float | None = None
@@ -447,11 +545,9 @@ class ResultStore:
             ResultTimeout: not every task was ready within ``timeout``.
             StoreConnectionError, PayloadDecodeError, StoreClosedError: as for ``wait_for``.
         """
-        _check_timeout(timeout)
-        self._check_open()
+        span = _telemetry.start("as_completed", self._otel["wait"], None) if self._otel else None
+        error: BaseException | None = None
         registry = self._registry
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
         done: deque[asyncio.Future[ResultMeta]] = deque()
         wake = asyncio.Event()
 
@@ -461,11 +557,17 @@ class ResultStore:
 
         pending: list[tuple[bytes, asyncio.Future[ResultMeta]]] = []
         try:
+            _check_timeout(timeout)
+            self._check_open()
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
             for task_id in dict.fromkeys(task_ids):
                 channel = self._keys.key(task_id)
                 fut = registry.waiter(channel, task_id)
                 fut.add_done_callback(on_done)
                 pending.append((channel, fut))
+            if span is not None:
+                span.set_attribute("db.operation.batch.size", len(pending))
             for delivered in range(len(pending)):
                 while not done:
                     wake.clear()
@@ -479,6 +581,9 @@ class ResultStore:
                             f"within {timeout:g} s"
                         ) from None
                 yield done.popleft().result()
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             for channel, fut in pending:
                 fut.remove_done_callback(on_done)
@@ -486,6 +591,8 @@ class ResultStore:
                     fut.exception()  # retrieved: asyncio would log an error never looked at
                 fut.cancel()
                 registry.remove(channel, fut)
+            if span is not None:
+                _telemetry.finish(span, error, _telemetry.outcome_of(None, error))
 
     async def ping(self) -> PingResult:
         """A readiness probe: one round trip to Redis, and the Pub/Sub link's health.

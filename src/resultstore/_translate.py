@@ -51,6 +51,7 @@ from ._exceptions import PermissionDeniedError, ResultStoreError, StoreConnectio
 __all__ = [
     "Kind",
     "classify",
+    "diagnose",
     "explain",
     "is_config_error",
     "map_exceptions",
@@ -126,7 +127,8 @@ def reply_code(exc: ResponseError) -> str:
     return getattr(exc, "status_code", None) or text.partition(" ")[0]
 
 
-def _diagnose(exc: BaseException) -> str:
+def diagnose(exc: BaseException) -> str:
+    """The reason of ``exc`` (a key of ``_REASONS``: credentials, tls, unreachable, ...)."""
     chain = list(_chain(exc))
     for link in chain:  # configuration anywhere in the chain wins
         if isinstance(link, _CREDENTIALS):
@@ -167,7 +169,7 @@ def classify(exc: BaseException) -> Kind:
         OOM, ...). ``"outage"`` otherwise: refused TCP, a missing Unix socket file, timeouts,
         resets, LOADING, BUSY, MASTERDOWN, READONLY, TRYAGAIN, CLUSTERDOWN.
     """
-    return _REASONS[_diagnose(exc)][0]
+    return _REASONS[diagnose(exc)][0]
 
 
 def may_have_applied(exc: BaseException) -> bool:
@@ -277,14 +279,16 @@ def translate(
         StoreConnectionError for "config" and "outage", PermissionDeniedError for NOPERM,
         ResultStoreError for any other error reply.
     """
-    reason = _diagnose(exc)
+    reason = diagnose(exc)
     _, error_type, template = _REASONS[reason]
     message = f"{what} failed: " + template.format(detail=f"({describe}): {explain(exc)}")
     if reason == "tls-files":
         missing = [f"{path} ({name})" for name, path in tls_files if not os.path.exists(path)]
         if missing:
             message = f"{what} failed: TLS file not found: {', '.join(missing)} ({describe})"
-    return error_type(scrub(message) if scrub is not None else message)
+    error = error_type(scrub(message) if scrub is not None else message)
+    error._reason = reason
+    return error
 
 
 def _carries_secret(exc: BaseException, scrub: Callable[[str], str] | None) -> bool:

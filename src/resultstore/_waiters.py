@@ -157,6 +157,11 @@ class Registry:
             watchers += len(entry.watchers)
         return waiters, watchers
 
+    def task_id(self, channel: bytes) -> str | None:
+        """The task id of ``channel``, while somebody waits on it."""
+        entry = self._entries.get(channel)
+        return None if entry is None else entry.task_id
+
     def watched(self, channel: bytes) -> bool:
         """Whether ``channel`` has watchers."""
         entry = self._entries.get(channel)
@@ -279,14 +284,14 @@ class Registry:
 
     def deliver_ready(
         self, channel: bytes, payload: bytes | None, decoded: Decoded | None = None
-    ) -> None:
-        """A check result, to the waiters only (watchers get it later, see ``deliver_check``)."""
+    ) -> bool:
+        """A check result, to the waiters only (watchers get it later, see ``deliver_check``);
+        True if it was ready and some waiter got it."""
         entry = self._entries.get(channel)
         if entry is None or payload is None or not entry.waiters:
-            return  # nobody waits, or PENDING, which waiters ignore
+            return False  # nobody waits, or PENDING, which waiters ignore
         decoded_entry = self._decode(channel, payload, decoded)
-        if decoded_entry is not None:
-            _resolve(*decoded_entry)
+        return decoded_entry is not None and _resolve(*decoded_entry)
 
     def deliver_check(
         self,
@@ -352,11 +357,15 @@ class Registry:
                 watcher.push(make_exc(entry.task_id))
 
 
-def _resolve(entry: _Entry, meta: ResultMeta) -> None:
+def _resolve(entry: _Entry, meta: ResultMeta) -> bool:
+    """Resolve the entry's waiters with a ready ``meta``; True if any was still waiting."""
+    resolved = False
     if entry.waiters and meta.status in READY_STATES:
         for fut in entry.waiters:
             if not fut.done():
                 fut.set_result(meta)
+                resolved = True
+    return resolved
 
 
 def _show(watcher: Watcher, raw: bytes, meta: ResultMeta) -> None:

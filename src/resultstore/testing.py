@@ -12,9 +12,12 @@ freeze (SIGSTOP), thaw and restart::
     with RedisLauncher() as launcher:                 # outside pytest
         server = launcher.start(tls=True, appendonly=True)
 
-This module is a pytest plugin (entry point ``resultstore``): installing resultstore makes
-the fixtures below available, none of them autouse. ``redis_launcher`` (session) owns every
-process; ``redis_server``, ``redis_unix_server``, ``redis_auth_server``,
+This module is a pytest plugin that a project turns on itself (installing resultstore loads
+nothing into anybody's pytest): ``pytest_plugins = ["resultstore.testing"]`` in the top
+``conftest.py``, or ``pytest -p resultstore.testing``. Its dependencies come with the
+``testing`` extra: ``pip install "resultstore[testing]"`` (pytest, pytest-asyncio for async
+tests, trustme, testcontainers). None of the fixtures below is autouse. ``redis_launcher``
+(session) owns every process; ``redis_server``, ``redis_unix_server``, ``redis_auth_server``,
 ``redis_tls_server``, ``redis_mtls_server`` and ``redis_sentinel`` give each test fresh
 servers; ``redis_cluster``, ``redis_tls_cluster`` and ``redis_auth_cluster`` a fresh Redis
 Cluster (`ClusterHarness`: 3 primaries, 3 replicas, about 2 s to form) that a test may reshard
@@ -47,7 +50,12 @@ import os
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, NoReturn, TypeVar
 
-import pytest
+try:
+    import pytest
+except ImportError as exc:  # the plugin is the testing extra's; the store itself needs no pytest
+    raise ImportError(
+        'resultstore.testing needs the testing extra: pip install "resultstore[testing]"'
+    ) from exc
 
 from ._harness._capabilities import (
     CAPABILITY_GAP_PREFIX,

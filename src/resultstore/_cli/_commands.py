@@ -17,16 +17,18 @@ from .._exceptions import ResultTimeout
 from .._meta import ResultMeta
 from .._remote_errors import exception_from_wire
 from .._store import ResultStore
-from ._errors import ExitCode
+from ._errors import ExitCode, UsageError
 from ._render import Output
 
-__all__ = ["COMMANDS", "Request", "exit_code_of", "parse_value"]
+__all__ = ["COMMANDS", "KNOWN_STATES", "Request", "exit_code_of", "normalize_state", "parse_value"]
 
 _T = TypeVar("_T")
 
-_KNOWN_STATES: Final = frozenset(
-    name for name in vars(states).values() if isinstance(name, str) and name.isupper()
+KNOWN_STATES: Final = frozenset(
+    {name for name in vars(states).values() if isinstance(name, str) and name.isupper()}
+    | {"PROGRESS"}
 )
+"""The states ``set --state`` takes without ``--force``: Celery's, and the common PROGRESS."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +40,27 @@ class Request:
     state: str = states.SUCCESS
     expires: float | None = None
     timeout: float | None = None
+    force: bool = False
 
 
-def normalize_state(state: str) -> str:
-    """Celery's state names in any case become upper case; custom states stay as given."""
-    return state.upper() if state.upper() in _KNOWN_STATES else state
+def normalize_state(state: str, *, force: bool = False) -> str:
+    """A known state name in any case (``progress``) becomes upper case (``PROGRESS``).
+
+    Raises:
+        UsageError: ``state`` is not a known state (a typo such as ``SUCESS`` would be stored
+            as an unready state, and its waiters would wait forever), unless ``force``: then
+            it is stored as given.
+    """
+    name = state.strip()
+    if name.upper() in KNOWN_STATES:
+        return name.upper()
+    if force:
+        return name
+    known = ", ".join(sorted(KNOWN_STATES))
+    raise UsageError(
+        f"argument --state: unknown state {name!r} (known: {known}); a custom state needs"
+        " --force, and its waiters wait until a ready state follows"
+    )
 
 
 def _no_constants(name: str) -> object:
@@ -82,7 +100,7 @@ async def _get(store: ResultStore, out: Output, req: Request) -> int:
 
 
 async def _set(store: ResultStore, out: Output, req: Request) -> int:
-    state = normalize_state(req.state)
+    state = normalize_state(req.state, force=req.force)
     value = parse_value(req.value, state, req.task_id)
     written = await store.set(req.task_id, value, state=state, expires=req.expires)
     out.stored(req.task_id, state, written)
@@ -90,8 +108,7 @@ async def _set(store: ResultStore, out: Output, req: Request) -> int:
 
 
 async def _forget(store: ResultStore, out: Output, req: Request) -> int:
-    await store.forget(req.task_id)
-    out.forgotten(req.task_id)
+    out.forgotten(req.task_id, await store.forget(req.task_id))
     return ExitCode.OK
 
 
@@ -124,9 +141,11 @@ async def _wait(store: ResultStore, out: Output, req: Request) -> int:
 
 
 async def _watch(store: ResultStore, out: Output, req: Request) -> int:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     first = await store.get(req.task_id)  # outside the --timeout, as in wait
     if first.ready:
-        out.update(first)
+        out.update(first, loop.time() - start)
         return exit_code_of(first)
 
     async def work() -> int:
@@ -134,7 +153,7 @@ async def _watch(store: ResultStore, out: Output, req: Request) -> int:
         updates = store.watch(req.task_id)
         try:
             async for meta in updates:
-                out.update(meta)
+                out.update(meta, loop.time() - start)
                 code = exit_code_of(meta)
         finally:
             if isinstance(updates, AsyncGenerator):  # it is one; close it now, not at exit

@@ -11,24 +11,28 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Final
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from redis.exceptions import RedisError
 
-from .._exceptions import ResultTimeout, StoreConnectionError
+from .._exceptions import ResultStoreError, ResultTimeout, StoreConnectionError
 from .._settings import StoreSettings
-from .._translate import classify as error_kind
-from .._translate import explain
+from .._translate import diagnose, explain
 from .._url import parse_url, redact_url
 
 __all__ = [
+    "KIND_CODES",
     "CliError",
     "ExitCode",
+    "Failure",
     "UsageError",
     "classify",
     "one_line",
     "settings_secrets",
+    "tls_hint",
     "url_secrets",
 ]
 
@@ -47,18 +51,19 @@ class ExitCode(enum.IntEnum):
 
 
 class CliError(Exception):
-    """An error the command reports as ``resultstore: error: <message>`` with ``code``."""
+    """An error the command reports as ``resultstore: error: <message>``, of ``kind`` (a key
+    of :data:`KIND_CODES`, which gives its exit code)."""
 
-    def __init__(self, message: str, code: ExitCode = ExitCode.ERROR) -> None:
+    def __init__(self, message: str, kind: str = "error") -> None:
         super().__init__(message)
-        self.code = code
+        self.kind = kind
 
 
 class UsageError(CliError):
-    """The command line is invalid."""
+    """The command line is invalid (``settings``: the settings it names are)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, ExitCode.USAGE)
+    def __init__(self, message: str, *, settings: bool = False) -> None:
+        super().__init__(message, "settings" if settings else "usage")
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -82,26 +87,89 @@ def _settings_error_message(exc: SettingsError) -> str:
     return f"`{match[1]}` from {match[2]} could not be parsed"
 
 
-def classify(exc: BaseException) -> tuple[ExitCode, str]:
-    """The exit code and the one-line message (not yet scrubbed) for ``exc``."""
+# _translate's diagnosis -> the command's kind of error
+_REASON_KINDS: Final = {
+    "credentials": "credentials",
+    "sentinel-credentials": "credentials",
+    "handshake": "credentials",
+    "tls-verify": "tls",
+    "tls": "tls",
+    "tls-files": "settings",
+    "permission": "refused",
+    "reply": "refused",
+    "busy": "unreachable",
+    "socket": "unreachable",
+    "unreachable": "unreachable",
+}
+KIND_CODES: Final = {
+    "usage": ExitCode.USAGE,
+    "settings": ExitCode.USAGE,
+    "timeout": ExitCode.TIMEOUT,
+    "credentials": ExitCode.UNREACHABLE,
+    "tls": ExitCode.UNREACHABLE,
+    "unreachable": ExitCode.UNREACHABLE,
+    "refused": ExitCode.ERROR,
+    "error": ExitCode.ERROR,
+    "interrupted": ExitCode.INTERRUPTED,
+}
+"""Every kind of error the command reports (``kind`` under ``--json``), and its exit code."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How the command reports an error: its kind, exit code and one-line message."""
+
+    kind: str
+    message: str
+
+    @property
+    def code(self) -> ExitCode:
+        """The exit code of this kind of error."""
+        return KIND_CODES[self.kind]
+
+
+def classify(exc: BaseException) -> Failure:
+    """The one classification of ``exc`` for every subcommand (message not yet scrubbed).
+
+    A store error carries what ``_translate`` diagnosed, so a wrong password or a TLS failure
+    is the same kind in ``ping`` as in ``get``; a TLS file that cannot be read is a settings
+    error (exit 5), not an unreachable server.
+    """
     if isinstance(exc, CliError):
-        return exc.code, str(exc)
+        return Failure(exc.kind, str(exc))
     if isinstance(exc, ResultTimeout):
-        return ExitCode.TIMEOUT, str(exc)
+        return Failure("timeout", str(exc))
     if isinstance(exc, ValidationError):
-        return ExitCode.USAGE, _validation_message(exc)
+        return Failure("settings", _validation_message(exc))
     if isinstance(exc, SettingsError):
         # pydantic-settings' message quotes the variable's value, which may hold a password
-        return ExitCode.USAGE, f"invalid settings: {_settings_error_message(exc)}"
+        return Failure("settings", f"invalid settings: {_settings_error_message(exc)}")
+    if isinstance(exc, ResultStoreError) and exc._reason is not None:
+        kind = _REASON_KINDS.get(exc._reason, "unreachable")
+        if kind == "refused":
+            return Failure(kind, f"{type(exc).__name__}: {exc}")
+        return Failure(kind, str(exc))
     # Not bare OSError: the store wraps connection errors in StoreConnectionError, and any
     # other OSError is local (say, stdout on a full disk), not an unreachable server.
     if isinstance(exc, StoreConnectionError):
-        return ExitCode.UNREACHABLE, str(exc)
+        return Failure("unreachable", str(exc))
     if isinstance(exc, RedisError):  # the store translates these; classified as it would
-        refused = error_kind(exc) == "refused"
-        return (ExitCode.ERROR if refused else ExitCode.UNREACHABLE), explain(exc)
+        return Failure(_REASON_KINDS.get(diagnose(exc), "unreachable"), explain(exc))
     text = str(exc)
-    return ExitCode.ERROR, f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return Failure("error", f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def tls_hint(failure: Failure, settings: StoreSettings | None) -> Failure:
+    """An unreachable-by-timeout error on a TLS connection, with the likely cause added:
+    a plain server never answers a TLS handshake, so ``rediss://`` to it times out."""
+    timed_out = "timeout" in failure.message.lower() or "timed out" in failure.message.lower()
+    if failure.kind != "unreachable" or not timed_out or settings is None or settings.ssl is None:
+        return failure
+    hint = (
+        "; TLS is on (rediss:// or ssl settings) and the server never answered the TLS"
+        " handshake: does this port speak TLS? (a plain server needs redis://)"
+    )
+    return Failure(failure.kind, failure.message + hint)
 
 
 _SPACES_RE = re.compile(r"\s+")

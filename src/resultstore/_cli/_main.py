@@ -15,7 +15,16 @@ from .._secrets import Scrubber
 from .._settings import StoreSettings
 from .._store import ResultStore
 from ._commands import COMMANDS, Request
-from ._errors import CliError, ExitCode, classify, one_line, settings_secrets, url_secrets
+from ._errors import (
+    ExitCode,
+    Failure,
+    classify,
+    one_line,
+    settings_secrets,
+    tls_hint,
+    url_secrets,
+)
+from ._human import PlainOutput
 from ._parser import parse_args
 from ._ping import ping
 from ._render import JsonOutput, Output
@@ -66,12 +75,13 @@ def _settings(args: argparse.Namespace) -> StoreSettings:
 
 
 def _output(json_lines: bool) -> Output:
+    """JSON lines; else colours and a spinner with rich (the ``cli`` extra), plain text without."""
     if json_lines:
         return JsonOutput()
     try:
         from ._rich import RichOutput
-    except ImportError as exc:
-        raise CliError(str(exc)) from None
+    except ImportError:
+        return PlainOutput()
     return RichOutput()
 
 
@@ -85,17 +95,30 @@ async def _dispatch(settings: StoreSettings, output: Output, args: argparse.Name
         state=getattr(args, "state", "SUCCESS"),
         expires=getattr(args, "expires", None),
         timeout=args.timeout,
+        force=getattr(args, "force", False),
     )
     async with ResultStore(settings) as store:
         return await COMMANDS[args.command](store, output, request)
 
 
-def _report(scrub: Scrubber, message: str) -> None:
+def _report(scrub: Scrubber, failure: Failure, json_lines: bool) -> int:
+    """Say what failed, in one scrubbed line: on stderr, or under ``--json`` as a JSON object
+    on stdout (``{"error", "kind", "exit_code"}``); return the exit code."""
+    message = one_line(scrub(failure.message))
     try:
-        sys.stderr.write(f"{_PROG}: error: {one_line(scrub(message))}\n")
-        sys.stderr.flush()
-    except OSError:  # stderr is gone; the exit code still tells
+        if json_lines:
+            JsonOutput().error(failure.code, failure.kind, message)
+        else:
+            sys.stderr.write(f"{_PROG}: error: {message}\n")
+            sys.stderr.flush()
+    except OSError:  # the stream is gone; the exit code still tells
         pass
+    return failure.code
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Whether ``--json`` is on the command line (known before, or without, parsing it)."""
+    return "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -107,6 +130,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     scrub = Scrubber(url_secrets([*argv, os.environ.get("RESULTSTORE_URL")]))
     scrub.add(os.environ.get("RESULTSTORE_PASSWORD"))
+    json_lines = _wants_json(argv)
+    settings: StoreSettings | None = None
     try:
         with _one_line_logging(scrub):
             args = parse_args(argv)
@@ -115,16 +140,13 @@ def run(argv: Sequence[str] | None = None) -> int:
                 scrub.add(secret)
             return asyncio.run(_dispatch(settings, _output(args.json), args))
     except KeyboardInterrupt:
-        _report(scrub, "interrupted")
-        return ExitCode.INTERRUPTED
+        return _report(scrub, Failure("interrupted", "interrupted"), json_lines)
     except BrokenPipeError:  # stdout closed early (say, `| head -1`): not an error to report
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return ExitCode.OK
     except Exception as exc:
-        code, message = classify(exc)
-        _report(scrub, message)
-        return code
+        return _report(scrub, tls_hint(classify(exc), settings), json_lines)
 
 
 def main() -> NoReturn:

@@ -8,6 +8,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Final, NoReturn
 
+from .. import __version__
 from ._errors import UsageError
 
 __all__ = ["parse_args"]
@@ -29,17 +30,21 @@ exit codes:
   1    wait/watch: the task FAILED; set: a SUCCESS was already stored, nothing was written
   2    wait/watch: the task was REVOKED
   3    wait/watch: --timeout passed before the task was ready
-  4    Redis unreachable: refused, lost, authentication or TLS failure, no sentinel master
-  5    invalid command line, URL or settings
+  4    Redis not usable: unreachable (refused, lost, timed out, no sentinel master), or it
+       refused the credentials or the TLS handshake
+  5    invalid command line, URL or settings (also a TLS file that cannot be read)
   6    any other error (Redis refused the command, an undecodable stored value, ...)
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C)
+Under --json an error is one JSON object on stdout instead of a line on stderr:
+  {"error": "<message>", "kind": "<kind>", "exit_code": N}, kind one of usage, settings (5),
+  timeout (3), credentials, tls, unreachable (4), refused, error (6), interrupted (130)."""
 
 EXAMPLES: Final = """\
 examples:
   resultstore ping --url 'rediss://cache.internal:6380/0?ssl_ca_certs=/etc/ssl/ca.pem'
   resultstore --master-name mymaster --url 'sentinel://s1:26379;sentinel://s2:26379' ping
   resultstore set 6f1c2e '{"answer": 42}'
-  resultstore set 6f1c2e '{"done": 3, "total": 10}' --state PROGRESS
+  resultstore set 6f1c2e '{"done": 3, "total": 10}' --state progress
   resultstore set 6f1c2e 'disk full' --state FAILURE
   resultstore get 6f1c2e
   resultstore wait 6f1c2e --timeout 30 && echo done
@@ -138,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"{EXIT_CODES}\n\n{EXAMPLES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"resultstore {__version__}")
     _add_global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     for name, (summary, description) in _COMMANDS.items():
@@ -155,8 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--state",
                 default="SUCCESS",
-                help="the state to store: SUCCESS (default), FAILURE, REVOKED, STARTED, or a"
-                " custom one such as PROGRESS",
+                help="the state to store, in any case: SUCCESS (default), FAILURE, REVOKED,"
+                " STARTED, RETRY, PROGRESS or another of Celery's; any other name needs --force",
+            )
+            sub.add_argument(
+                "--force",
+                action="store_true",
+                help="store a --state that is not a known one, as given (its waiters wait until"
+                " a ready state follows)",
             )
             sub.add_argument(
                 "--expires",

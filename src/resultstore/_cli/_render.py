@@ -1,6 +1,6 @@
 """What the command prints: the :class:`Output` protocol, JSON lines, and value formatting.
 
-This module never imports rich: ``--json`` works without the ``cli`` extra.
+This module never imports rich; neither does the human output without it (``_human.py``).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ class Output(Protocol):
     def result(self, meta: ResultMeta) -> None:
         """A task's state and result (``get``, ``wait``)."""
 
-    def update(self, meta: ResultMeta) -> None:
-        """One state change, on one line (``watch``)."""
+    def update(self, meta: ResultMeta, elapsed: float) -> None:
+        """One state change, on one line, ``elapsed`` seconds after ``watch`` began."""
 
     def stored(self, task_id: str, state: str, written: bool) -> None:
         """The outcome of ``set``."""
 
-    def forgotten(self, task_id: str) -> None:
-        """The outcome of ``forget``."""
+    def forgotten(self, task_id: str, found: bool) -> None:
+        """The outcome of ``forget``: whether a stored result was deleted."""
 
     def ping(self, report: PingReport) -> None:
         """The outcome of ``ping``."""
@@ -114,17 +114,21 @@ class JsonOutput:
         """Print ``meta`` as one JSON object."""
         self._line(meta_record(meta))
 
-    def update(self, meta: ResultMeta) -> None:
-        """Print ``meta`` as one JSON object."""
-        self._line(meta_record(meta))
+    def update(self, meta: ResultMeta, elapsed: float) -> None:
+        """Print ``meta`` as one JSON object, with ``elapsed`` (seconds since watch began)."""
+        self._line({**meta_record(meta), "elapsed": round(elapsed, 3)})
 
     def stored(self, task_id: str, state: str, written: bool) -> None:
         """Print ``{"task_id", "status", "written"}``."""
         self._line({"task_id": task_id, "status": state, "written": written})
 
-    def forgotten(self, task_id: str) -> None:
-        """Print ``{"task_id", "forgotten": true}``."""
-        self._line({"task_id": task_id, "forgotten": True})
+    def forgotten(self, task_id: str, found: bool) -> None:
+        """Print ``{"task_id", "forgotten"}``: ``forgotten`` is false when nothing was stored."""
+        self._line({"task_id": task_id, "forgotten": found})
+
+    def error(self, code: int, kind: str, message: str) -> None:
+        """Print ``{"error": message, "kind": kind, "exit_code": code}`` (the command failed)."""
+        self._line({"error": message, "kind": kind, "exit_code": code})
 
     def ping(self, report: PingReport) -> None:
         """Print the report's fields and ``verified``."""

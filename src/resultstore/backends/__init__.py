@@ -21,6 +21,8 @@ class BackendStats:
     subscribed: int
     reconnects: int
     messages: int
+    message_bytes: int = 0
+    """Bytes of the payloads of those messages."""
     link: str = "healthy"
     """The Pub/Sub link: ``idle``, ``healthy``, ``settling``, ``down`` or ``outage``
     (`ResultStore.ping`)."""
@@ -65,6 +67,6 @@ class Backend(Protocol):
         """Store and publish ``payload`` atomically unless a SUCCESS is stored; True if written."""
         ...
 
-    async def delete(self, key: bytes) -> None:
-        """Remove the stored payload."""
+    async def delete(self, key: bytes) -> bool:
+        """Remove the stored payload; True if there was one."""
         ...

@@ -85,9 +85,11 @@ class MemoryBackend:
         self._registry.deliver_message(key, payload)
         return True
 
-    async def delete(self, key: bytes) -> None:
-        """Remove the stored payload."""
+    async def delete(self, key: bytes) -> bool:
+        """Remove the stored payload; True if there was one (not expired)."""
+        found = self._lookup(key) is not None
         self._data.pop(key, None)
+        return found
 
 
 def _ignore(channel: bytes) -> None:

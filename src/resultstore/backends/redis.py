@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 
+from .. import _telemetry
 from .._codec import needs_offload
 from .._connection import Connector
 from .._exceptions import (
@@ -136,6 +137,7 @@ class RedisBackend:
             subscribed=mux.subscribed(),
             reconnects=mux.reconnects,
             messages=mux.messages,
+            message_bytes=mux.message_bytes,
             link=mux.link_state(),
         )
 
@@ -241,7 +243,7 @@ class RedisBackend:
             return True
 
         run = durable_attempt if self._wait_replicas else attempt
-        return await self._retrying("storing a result", run)
+        return await self._retrying("storing a result", run, "EVALSHA")
 
     async def _write_watched(self, key: bytes, payload: bytes, ttl_ms: int | None) -> int:
         """The script's decision, made here: WATCH, GET, judge, MULTI SET+PUBLISH, EXEC;
@@ -269,7 +271,9 @@ class RedisBackend:
             return await asyncio.to_thread(stored_status, current, max_size=self._max_size)
         return stored_status(current, max_size=self._max_size)
 
-    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[bool]]) -> bool:
+    async def _retrying(
+        self, what: str, attempt: Callable[[], Awaitable[bool]], operation: str
+    ) -> bool:
         """Run ``attempt`` until it answers, retrying outages with jittered exponential backoff
         for at most ``write_timeout`` seconds (default ``reconnect_timeout``): the write budget.
 
@@ -304,21 +308,34 @@ class RedisBackend:
                             f"it may have been applied) ({self.describe()}): {explain(unknown)}; "
                             f"retried for {self._write_budget:g} s (setting write_timeout)"
                         )
+                        if _telemetry.ENABLED:
+                            _telemetry.OUTCOME_UNKNOWN.add(1, {"db.operation.name": operation})
                         raise WriteOutcomeUnknown(self._connector.scrub(message)) from exc
                     raise
                 pause = random.uniform(0, min(delay, deadline - now))
                 delay = min(delay * 2, _BACKOFF_CAP)
-                logger.debug("%s: retrying in %.3f s after %s", what, pause, explain(cause))
+                reason = self._connector.scrub(explain(cause))
+                logger.debug(
+                    "%s: retrying in %.3f s after %s",
+                    what,
+                    pause,
+                    reason,
+                    extra={"node": self.describe(), "reason": reason, "operation": operation},
+                )
+                if _telemetry.ENABLED:
+                    _telemetry.WRITE_RETRIES.add(1, {"db.operation.name": operation})
                 await asyncio.sleep(pause)
 
-    async def delete(self, key: bytes) -> None:
-        """DEL, retried like a write (deleting twice is harmless)."""
+    async def delete(self, key: bytes) -> bool:
+        """DEL, retried like a write (deleting twice is harmless); True if a key was deleted.
+
+        A retry after an attempt whose answer was lost finds nothing, and says False.
+        """
 
         async def attempt() -> bool:
-            await self._client.delete(key)
-            return True
+            return bool(await self._client.delete(key))
 
-        await self._retrying("DEL", attempt)
+        return await self._retrying("DEL", attempt, "DEL")
 
 
 class _NotDurableError(RedisConnectionError):
